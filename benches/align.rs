@@ -1,0 +1,3 @@
+//! Benchmarks of the alignment kernels.
+
+fn main() {}

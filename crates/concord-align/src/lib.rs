@@ -1,0 +1,1 @@
+//! Feature alignment between SAEs: MMCS, exact matching, activation correlation, nulls.

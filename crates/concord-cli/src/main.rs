@@ -1,0 +1,3 @@
+//! The `concord` command: where the domain crates meet.
+
+fn main() {}

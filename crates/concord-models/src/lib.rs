@@ -1,0 +1,1 @@
+//! Language models through libtorch with explicit hook points: GPT-NeoX, Llama, BERT.

@@ -1,0 +1,1 @@
+//! The study report: figures, tables and the results parquet.

@@ -1,0 +1,1 @@
+//! The parquet activation store: sharded writer, streaming and shuffled readers.

@@ -1,0 +1,1 @@
+//! Sparse autoencoder training and evaluation on libtorch.

@@ -1,3 +1,87 @@
-//! The `concord` command: where the domain crates meet.
+//! The `concord` command: argument parsing, logging, and the glue where the domain crates meet.
+//! Each subcommand lives in its own module and maps its errors to a one-line message and a
+//! non-zero exit.
 
-fn main() {}
+mod align;
+mod reproduce;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Are the features of sparse autoencoders universal? Harvest activations, train SAEs,
+/// compare them, and report.
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole study: harvest, train, evaluate, align every pair, and write the report.
+    Reproduce(reproduce::Args),
+    /// Compare two SAEs: MMCS, exact matching, activation correlation, nulls.
+    Align(align::Args),
+    /// Null scores for one shape: isotropic random dictionaries and the analytic expectation.
+    Null(align::NullArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `reproduce` also logs to a file in its run folder; it sets up logging itself.
+    if !matches!(cli.command, Command::Reproduce(_)) {
+        init_tracing(None);
+    }
+    let result = match cli.command {
+        Command::Reproduce(args) => reproduce::run(&args),
+        Command::Align(args) => align::run(&args),
+        Command::Null(args) => align::run_null(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (and to `file` when given), filtered by `RUST_LOG` (default: info for
+/// this project's crates).
+pub fn init_tracing(file: Option<std::fs::File>) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,concord=info"))
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_target(false);
+    let _ = match file {
+        Some(f) => builder.with_ansi(false).with_writer(std::io::stderr.and(std::sync::Arc::new(f))).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// The workspace's data folder (`data/cache`): `$CONCORD_DATA`, else the one above the binary
+/// (`target/release/concord` sits two levels below the root), else `./data/cache`.
+pub fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CONCORD_DATA") {
+        return PathBuf::from(dir);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for up in exe.ancestors().skip(1) {
+            let candidate = up.join("data/cache");
+            if candidate.is_dir() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("data/cache")
+}
+
+/// Whether progress bars should be drawn (steps run by `reproduce` log to files instead).
+pub fn show_progress() -> bool {
+    std::env::var("CONCORD_PROGRESS").map_or(true, |v| v != "0") && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}

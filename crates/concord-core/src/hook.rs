@@ -27,8 +27,13 @@ pub enum HookKind {
 
 impl HookKind {
     /// Every kind, in the order a forward pass meets them (with `ResidPost` last).
-    pub const ALL: [HookKind; 5] =
-        [HookKind::ResidPre, HookKind::AttnOut, HookKind::MlpPost, HookKind::MlpOut, HookKind::ResidPost];
+    pub const ALL: [HookKind; 5] = [
+        HookKind::ResidPre,
+        HookKind::AttnOut,
+        HookKind::MlpPost,
+        HookKind::MlpOut,
+        HookKind::ResidPost,
+    ];
 
     /// The suffix after `blocks.{L}.`.
     pub fn suffix(self) -> &'static str {
@@ -60,7 +65,11 @@ impl HookName {
 
     /// Parses a comma-separated list such as `blocks.3.hook_mlp_out,blocks.5.hook_resid_post`.
     pub fn parse_list(s: &str) -> Result<Vec<HookName>> {
-        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::parse).collect()
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect()
     }
 }
 
@@ -74,11 +83,19 @@ impl FromStr for HookName {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let invalid = |reason| Error::InvalidHook { name: s.to_owned(), reason };
-        let rest = s.strip_prefix("blocks.").ok_or_else(|| invalid("expected `blocks.{L}.<hook>`"))?;
-        let (layer, suffix) =
-            rest.split_once('.').ok_or_else(|| invalid("expected `blocks.{L}.<hook>`"))?;
-        let layer = layer.parse::<usize>().map_err(|_| invalid("the layer is not a number"))?;
+        let invalid = |reason| Error::InvalidHook {
+            name: s.to_owned(),
+            reason,
+        };
+        let rest = s
+            .strip_prefix("blocks.")
+            .ok_or_else(|| invalid("expected `blocks.{L}.<hook>`"))?;
+        let (layer, suffix) = rest
+            .split_once('.')
+            .ok_or_else(|| invalid("expected `blocks.{L}.<hook>`"))?;
+        let layer = layer
+            .parse::<usize>()
+            .map_err(|_| invalid("the layer is not a number"))?;
         let kind = HookKind::from_suffix(suffix).ok_or_else(|| {
             invalid(
                 "unknown hook; known: hook_resid_pre, hook_resid_post, hook_mlp_out, \
@@ -131,8 +148,14 @@ mod tests {
         check("layers.1.hook_mlp_out", None);
         check("blocks.1", None);
         check("blocks.-1.hook_mlp_out", None);
-        let err = "blocks.1.hook_mlp".parse::<HookName>().unwrap_err().to_string();
-        assert!(err.contains("blocks.1.hook_mlp") && err.contains("unknown hook"), "{err}");
+        let err = "blocks.1.hook_mlp"
+            .parse::<HookName>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("blocks.1.hook_mlp") && err.contains("unknown hook"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -140,7 +163,10 @@ mod tests {
         let hooks = HookName::parse_list("blocks.1.hook_mlp_out, blocks.2.mlp.hook_post").unwrap();
         assert_eq!(hooks.len(), 2);
         let json = serde_json::to_string(&hooks).unwrap();
-        assert_eq!(json, r#"["blocks.1.hook_mlp_out","blocks.2.mlp.hook_post"]"#);
+        assert_eq!(
+            json,
+            r#"["blocks.1.hook_mlp_out","blocks.2.mlp.hook_post"]"#
+        );
         let back: Vec<HookName> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, hooks);
     }

@@ -8,6 +8,7 @@ mod error;
 pub mod fsutil;
 pub mod hook;
 pub mod manifest;
+pub mod outputs;
 pub mod sae;
 
 pub use error::{Error, Result};

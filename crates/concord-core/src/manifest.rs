@@ -69,6 +69,13 @@ pub struct ShardInfo {
     pub file: String,
     pub rows: u64,
     pub sha256: String,
+    /// The `seq` of the shard's first context window; shards hold whole windows, numbered
+    /// consecutively from 0 across the dataset.
+    #[serde(default)]
+    pub first_seq: u64,
+    /// Number of context windows in the shard (one parquet row group each).
+    #[serde(default)]
+    pub windows: u64,
 }
 
 /// The manifest of one hook's dataset.
@@ -92,6 +99,10 @@ pub struct StoreManifest {
     /// Every setting that determines the rows (model, corpus, bounds, dtypes, ...) as one
     /// hash; a run with another hash never appends to this dataset.
     pub settings_hash: String,
+    /// The caller's further settings that determine the rows (bounds, compute dtype, model
+    /// file digest, ...), as given; part of `settings_hash`.
+    #[serde(default)]
+    pub settings: serde_json::Value,
     pub shards: Vec<ShardInfo>,
     /// True once the harvest ended normally; a resumed run appends shards until then.
     pub complete: bool,
@@ -103,6 +114,11 @@ impl StoreManifest {
     /// Total number of rows over all shards.
     pub fn rows(&self) -> u64 {
         self.shards.iter().map(|s| s.rows).sum()
+    }
+
+    /// Total number of context windows over all shards.
+    pub fn windows(&self) -> u64 {
+        self.shards.iter().map(|s| s.windows).sum()
     }
 
     /// Reads `dir/manifest.json`.

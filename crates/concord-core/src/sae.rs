@@ -53,21 +53,26 @@ pub struct SaeConfig {
 impl SaeConfig {
     /// Parses a `cfg.json` text; `path` only names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<SaeConfig> {
-        let mut value: Value = serde_json::from_str(text)
-            .map_err(|source| Error::Json { path: path.to_owned(), source })?;
+        let mut value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: path.to_owned(),
+            source,
+        })?;
         // SAELens 6 keeps hook and model names under `metadata`; lift them when absent above.
-        if let Value::Object(top) = &mut value {
-            if let Some(Value::Object(meta)) = top.get("metadata").cloned() {
-                for key in ["hook_name", "model_name"] {
-                    if !top.contains_key(key) {
-                        if let Some(v) = meta.get(key) {
-                            top.insert(key.to_owned(), v.clone());
-                        }
-                    }
+        if let Value::Object(top) = &mut value
+            && let Some(Value::Object(meta)) = top.get("metadata").cloned()
+        {
+            for key in ["hook_name", "model_name"] {
+                if !top.contains_key(key)
+                    && let Some(v) = meta.get(key)
+                {
+                    top.insert(key.to_owned(), v.clone());
                 }
             }
         }
-        serde_json::from_value(value).map_err(|source| Error::Json { path: path.to_owned(), source })
+        serde_json::from_value(value).map_err(|source| Error::Json {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Whether the encoder subtracts `b_dec` before encoding (true unless the file says not).
@@ -116,14 +121,19 @@ impl SaeWeights {
     /// `threshold`) with the shapes implied by `d_in` and `d_sae`.
     pub fn read_safetensors(path: &Path, d_in: usize, d_sae: usize) -> Result<SaeWeights> {
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Safetensors { path: path.to_owned(), reason: e.to_string() })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         let get = |name: &str, shape: &[usize], required: bool| -> Result<Option<Vec<f32>>> {
             let view = match st.tensor(name) {
                 Ok(v) => v,
                 Err(_) if !required => return Ok(None),
                 Err(_) => {
-                    return Err(Error::MissingTensor { path: path.to_owned(), name: name.into() });
+                    return Err(Error::MissingTensor {
+                        path: path.to_owned(),
+                        name: name.into(),
+                    });
                 }
             };
             if view.shape() != shape {
@@ -134,13 +144,18 @@ impl SaeWeights {
                     got: view.shape().to_vec(),
                 });
             }
-            let values = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::UnsupportedDtype {
-                path: path.to_owned(),
-                name: name.into(),
-                dtype: format!("{:?}", view.dtype()),
-            })?;
+            let values =
+                to_f32(view.dtype(), view.data()).ok_or_else(|| Error::UnsupportedDtype {
+                    path: path.to_owned(),
+                    name: name.into(),
+                    dtype: format!("{:?}", view.dtype()),
+                })?;
             if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite { path: path.to_owned(), name: name.into(), index });
+                return Err(Error::NonFinite {
+                    path: path.to_owned(),
+                    name: name.into(),
+                    index,
+                });
             }
             Ok(Some(values))
         };
@@ -188,7 +203,10 @@ impl SaeWeights {
 
 fn to_f32(dtype: StDtype, data: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
-        StDtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        StDtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         StDtype::F16 => data
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -227,8 +245,10 @@ impl Sae {
     /// Writes the folder atomically: files go to a temporary sibling folder that is renamed
     /// onto `dir` (replacing an older one) only when complete.
     pub fn save(&self, dir: &Path, extra_files: &[(&str, &[u8])]) -> Result<()> {
-        let cfg = serde_json::to_vec_pretty(&self.cfg)
-            .map_err(|source| Error::Json { path: dir.join(CFG_FILE), source })?;
+        let cfg = serde_json::to_vec_pretty(&self.cfg).map_err(|source| Error::Json {
+            path: dir.join(CFG_FILE),
+            source,
+        })?;
         let weights = self.weights.to_safetensors();
         let mut files: Vec<(&str, &[u8])> = vec![(CFG_FILE, &cfg), (WEIGHTS_FILE, &weights)];
         files.extend_from_slice(extra_files);
@@ -245,10 +265,16 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
         let path = tmp.join(name);
         fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
     }
-    if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if !dir.exists() {
+        return fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e));
     }
-    fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    // Move the old folder aside before the new one takes its name, and delete it only then:
+    // a crash leaves the old folder (under its aside name) or the new one, never neither.
+    let old = fsutil::temp_path(dir).with_extension("old");
+    let _ = fs::remove_dir_all(&old);
+    fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
 }
 
 #[cfg(test)]

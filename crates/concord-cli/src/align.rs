@@ -1,0 +1,217 @@
+//! `concord align` (compare two SAEs) and `concord null` (nulls for one shape): the alignment
+//! crate's results mapped onto the files the study reads (`concord_core::outputs`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use concord_align::{CompareOptions, Comparison, Dict, MatchOptions, nulls};
+use concord_core::outputs::{AlignOutput, Directions, FamilySummary, Interval, MatchSummary, NullOutput, NullStats};
+use concord_core::sae::Sae;
+use concord_core::fsutil;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The first SAE: a SAELens-layout folder (`cfg.json`, `sae_weights.safetensors`).
+    #[arg(long)]
+    a: PathBuf,
+    /// The second SAE.
+    #[arg(long)]
+    b: PathBuf,
+    /// Where to write the comparison (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// The hook dataset (`STORE/<hook name>`) of the first SAE's activations.
+    #[arg(long, requires = "acts_b")]
+    acts_a: Option<PathBuf>,
+    /// The hook dataset of the second SAE's activations (same text; another model's store is
+    /// aligned by byte spans).
+    #[arg(long, requires = "acts_a")]
+    acts_b: Option<PathBuf>,
+    /// Seeds of each null computed for this pair (0: none).
+    #[arg(long, default_value_t = 0)]
+    null: usize,
+    /// Also write the per-feature match table (parquet).
+    #[arg(long)]
+    matches: Option<PathBuf>,
+    /// Compare only activations (SAEs of models of different widths).
+    #[arg(long, requires = "acts_a")]
+    activations_only: bool,
+    /// Decoder cosine above which a feature of the larger SAE joins a family of the smaller's.
+    #[arg(long, default_value_t = 0.5)]
+    family_threshold: f32,
+}
+
+/// Thresholds of the shared-fraction curve: 0, 0.05, ..., 1.
+fn curve_thresholds() -> Vec<f64> {
+    (0..=20).map(|i| f64::from(i) / 20.0).collect()
+}
+
+fn load(path: &PathBuf) -> Result<Sae> {
+    Sae::load(path).with_context(|| format!("cannot read SAE {}", path.display()))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let start = Instant::now();
+    let (a, b) = (load(&args.a)?, load(&args.b)?);
+    let mut out = AlignOutput {
+        a: args.a.display().to_string(),
+        b: args.b.display().to_string(),
+        d_in_a: a.cfg.d_in,
+        d_in_b: b.cfg.d_in,
+        d_sae_a: a.cfg.d_sae,
+        d_sae_b: b.cfg.d_sae,
+        ..AlignOutput::default()
+    };
+    if !args.activations_only {
+        if a.cfg.d_in != b.cfg.d_in {
+            bail!(
+                "dimension mismatch: {} has d_in = {}, {} has d_in = {}; SAEs of different widths can only be compared by \
+                 activations (--acts-a, --acts-b, --activations-only)",
+                args.a.display(),
+                a.cfg.d_in,
+                args.b.display(),
+                b.cfg.d_in
+            );
+        }
+        let opts = CompareOptions { null_seeds: args.null, ..CompareOptions::default() };
+        let cmp = concord_align::compare(&a.weights, &b.weights, &opts)?;
+        weight_space(&mut out, &cmp);
+        if a.cfg.d_sae != b.cfg.d_sae {
+            let da = Dict::from_rows("W_dec of a", a.weights.decoder_rows(), a.cfg.d_sae, a.cfg.d_in)?;
+            let db = Dict::from_rows("W_dec of b", b.weights.decoder_rows(), b.cfg.d_sae, b.cfg.d_in)?;
+            let fam = concord_align::metrics::families(&da, &db, args.family_threshold, 64, MatchOptions::default().blocking)?;
+            out.families = Some(family_summary(&fam));
+        }
+        if let Some(path) = &args.matches {
+            crate::store_glue::write_matches(path, &cmp.matches.decoder, None, None)?;
+        }
+    }
+    if let (Some(acts_a), Some(acts_b)) = (&args.acts_a, &args.acts_b) {
+        crate::correlate::run(&mut out, &a, &b, acts_a, acts_b)?;
+    }
+    out.seconds = start.elapsed().as_secs_f64();
+    fsutil::write_json_atomic(&args.out, &out)?;
+    Ok(())
+}
+
+fn dirs(d: &concord_align::DirectionPair) -> Directions {
+    Directions { a_to_b: d.a_to_b, b_to_a: d.b_to_a }
+}
+
+fn summary(s: &concord_align::metrics::MatchSummary, pairs: &[concord_align::Pair], smaller: usize) -> MatchSummary {
+    let curve = curve_thresholds()
+        .into_iter()
+        .map(|t| (t, pairs.iter().filter(|p| f64::from(p.cos) > t).count() as f64 / smaller.max(1) as f64))
+        .collect();
+    MatchSummary { mean_cos: s.mean_cos, pw_mcc: s.pw_mcc, shared: s.shared.clone(), optimal: s.optimal, shared_curve: curve }
+}
+
+fn interval(i: &nulls::Interval) -> Interval {
+    Interval { mean: i.mean, lo: i.lo, hi: i.hi, n: i.values.len() }
+}
+
+/// Fills MMCS, matchings and (when asked) the per-pair nulls from a weight-space comparison.
+fn weight_space(out: &mut AlignOutput, cmp: &Comparison) {
+    let smaller = cmp.n_a.min(cmp.n_b);
+    out.mmcs.insert("decoder".into(), dirs(&cmp.mmcs.decoder));
+    out.matching.insert("decoder".into(), summary(&cmp.matching.decoder, &cmp.matches.decoder, smaller));
+    if let (Some(m), Some(s)) = (&cmp.mmcs.encoder, &cmp.matching.encoder) {
+        out.mmcs.insert("encoder".into(), dirs(m));
+        out.matching.insert("encoder".into(), summary(s, &cmp.matches.encoder, smaller));
+    }
+    for (name, scores) in [("isotropic", &cmp.null.isotropic_decoder), ("rand_like", &cmp.null.rand_like_decoder)] {
+        if let Some(s) = scores {
+            let mut shared = BTreeMap::new();
+            if let Some(x) = &s.shared_0_5 {
+                shared.insert("0.5".to_owned(), interval(x));
+            }
+            out.null.insert(
+                name.to_owned(),
+                NullStats {
+                    mmcs_decoder: Some((interval(&s.mmcs_a_to_b), interval(&s.mmcs_b_to_a))),
+                    matching_mean_cos: s.mean_cos.as_ref().map(interval),
+                    shared,
+                },
+            );
+        }
+    }
+}
+
+fn family_summary(f: &concord_align::metrics::Families) -> FamilySummary {
+    let sizes: Vec<usize> = f.families.iter().map(|x| x.members.len()).collect();
+    FamilySummary {
+        threshold: f64::from(f.threshold),
+        parents: sizes.len(),
+        with_children: sizes.iter().filter(|&&n| n >= 1).count(),
+        split: sizes.iter().filter(|&&n| n >= 2).count(),
+        mean_children: sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64,
+        max_children: sizes.iter().copied().max().unwrap_or(0),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NullArgs {
+    /// Width of the feature directions (d_model).
+    #[arg(long)]
+    d: usize,
+    /// Features of the first dictionary.
+    #[arg(long)]
+    n_a: usize,
+    /// Features of the second dictionary.
+    #[arg(long)]
+    n_b: usize,
+    /// Seeds of each null.
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// The first seed (seed `s` uses `seed + s`).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write the nulls (JSON).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Isotropic random dictionaries of both shapes compared as real SAEs are (MMCS, exact
+/// matching, shared fractions), and the study's `rand_like` baseline against an isotropic one.
+pub fn run_null(args: &NullArgs) -> Result<()> {
+    if args.d < 2 || args.n_a == 0 || args.n_b == 0 || args.seeds == 0 {
+        bail!("null: d must be at least 2 and n-a, n-b, seeds at least 1 (got d={}, n-a={}, n-b={}, seeds={})", args.d, args.n_a, args.n_b, args.seeds);
+    }
+    let opts = CompareOptions { encoder: false, thresholds: curve_thresholds(), ..CompareOptions::default() };
+    let mut iso: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut shared: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut rl: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for s in 0..args.seeds as u64 {
+        let seed = args.seed + 3 * s;
+        let a = nulls::isotropic(args.n_a, args.d, seed)?;
+        let b = nulls::isotropic(args.n_b, args.d, seed + 1)?;
+        let cmp = concord_align::compare_dicts(&a, &b, None, &opts)?;
+        iso.entry("ab").or_default().push(cmp.mmcs.decoder.a_to_b);
+        iso.entry("ba").or_default().push(cmp.mmcs.decoder.b_to_a);
+        iso.entry("mean_cos").or_default().push(cmp.matching.decoder.mean_cos);
+        for (t, v) in &cmp.matching.decoder.shared {
+            shared.entry(t.clone()).or_default().push(*v);
+        }
+        let r = nulls::rand_like(args.n_b, args.d, seed + 2)?;
+        let scan = concord_align::scan(&a, &r, &concord_align::ScanOptions::default())?;
+        rl.entry("ab").or_default().push(scan.mmcs_a_to_b());
+        rl.entry("ba").or_default().push(scan.mmcs_b_to_a());
+    }
+    let out = NullOutput {
+        d: args.d,
+        n_a: args.n_a,
+        n_b: args.n_b,
+        seeds: args.seeds,
+        isotropic: NullStats {
+            mmcs_decoder: Some((Interval::of(&iso["ab"]), Interval::of(&iso["ba"]))),
+            matching_mean_cos: Some(Interval::of(&iso["mean_cos"])),
+            shared: shared.iter().map(|(t, v)| (t.clone(), Interval::of(v))).collect(),
+        },
+        rand_like: NullStats { mmcs_decoder: Some((Interval::of(&rl["ab"]), Interval::of(&rl["ba"]))), ..NullStats::default() },
+        analytic: Directions { a_to_b: nulls::expected_max_cos(args.d, args.n_b), b_to_a: nulls::expected_max_cos(args.d, args.n_a) },
+    };
+    fsutil::write_json_atomic(&args.out, &out)?;
+    Ok(())
+}

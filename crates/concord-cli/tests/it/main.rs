@@ -1,0 +1,3 @@
+//! Integration tests of the `concord` command and of the workspace's layering.
+
+mod layering;

@@ -1,0 +1,1247 @@
+//! Assembles the report from the outputs of a finished plan: every number and figure comes
+//! from the steps' `align.json`, `null.json` and `eval.json`; the published anchors the
+//! findings compare with are quoted from the study notes, and each verdict is computed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use concord_core::fsutil;
+use concord_core::outputs::{AlignOutput, EvalOutput, Interval, NullOutput};
+use concord_report::plot::{self, Bar, BarChart, Heatmap, HistGrid, LineChart, Scatter, Series};
+use concord_report::results::ResultRow;
+use concord_report::{Figure, Finding, Report, Section, Table};
+
+use crate::plan::{Pair, Plan, SaeRef, step_dir};
+use crate::spec::{DataSeed, Question};
+use crate::{Error, Result};
+
+/// Everything the steps wrote, loaded.
+#[derive(Debug)]
+pub struct Outputs {
+    pub align: BTreeMap<String, AlignOutput>,
+    pub null: BTreeMap<String, NullOutput>,
+    pub eval: BTreeMap<usize, EvalOutput>,
+}
+
+/// Reads the outputs of every step of `plan` under `run_dir`.
+pub fn load(plan: &Plan, run_dir: &Path) -> Result<Outputs> {
+    let mut align = BTreeMap::new();
+    let mut null = BTreeMap::new();
+    for p in &plan.pairs {
+        align.insert(
+            p.step.clone(),
+            fsutil::read_json(&step_dir(run_dir, &p.step).join("align.json"))?,
+        );
+        if let Some(n) = &p.null {
+            if !null.contains_key(n) {
+                null.insert(
+                    n.clone(),
+                    fsutil::read_json(&step_dir(run_dir, n).join("null.json"))?,
+                );
+            }
+        }
+    }
+    let mut eval = BTreeMap::new();
+    for (&i, step) in &plan.evals {
+        eval.insert(
+            i,
+            fsutil::read_json(&step_dir(run_dir, step).join("eval.json"))?,
+        );
+    }
+    Ok(Outputs { align, null, eval })
+}
+
+fn fmt_interval(i: &Interval) -> String {
+    if i.n <= 1 {
+        format!("{:.3} (n = {})", i.mean, i.n)
+    } else {
+        format!("{:.3} [{:.3}, {:.3}] (n = {})", i.mean, i.lo, i.hi, i.n)
+    }
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The report and the rows of `results.parquet`.
+pub fn assemble(plan: &Plan, out: &Outputs) -> Result<(Report, Vec<ResultRow>)> {
+    let study = &plan.study;
+    let mut ctx = Ctx {
+        plan,
+        out,
+        sections: Vec::new(),
+        findings: Vec::new(),
+    };
+    ctx.size()?;
+    ctx.seeds_and_layers()?;
+    ctx.models()?;
+    ctx.arch()?;
+    ctx.features()?;
+    ctx.examples();
+    let rows = results(plan, out);
+    let train_tokens: Vec<String> = study
+        .grids
+        .iter()
+        .map(|g| {
+            format!(
+                "{} ({} tokens{})",
+                g.name,
+                g.tokens.unwrap_or(study.train.tokens),
+                if g.halves { " per half" } else { "" }
+            )
+        })
+        .collect();
+    let models: Vec<String> = study
+        .models
+        .iter()
+        .map(|(id, m)| {
+            format!(
+                "{id} = {} ({} layers, d_model {}, hook {} at layers {:?})",
+                m.model, m.n_layers, m.d_model, m.hook, m.layers
+            )
+        })
+        .collect();
+    let intro = vec![
+        study.about.clone(),
+        format!(
+            "Training text: the first {} documents of the corpus `{}`, packed into {}-token windows; held-out text \
+             for evaluation and activation correlation: the next {} documents. Models: {}.",
+            study.docs,
+            study.corpus,
+            study.context_len,
+            study.eval_docs,
+            models.join("; ")
+        ),
+        format!(
+            "{} SAEs in {} grids, token budgets: {}. {} pairs compared. Nulls: isotropic random unit dictionaries of each \
+             compared shape ({} seeds, mean and 95 % interval), the analytic expectation of the max cosine of random \
+             unit vectors, and the study's all-positive `rand_like` baseline, which is biased upward and shown only as \
+             the study's own reference.",
+            plan.saes.len(),
+            study.grids.len(),
+            train_tokens.join(", "),
+            plan.pairs.len(),
+            study.null_seeds
+        ),
+    ];
+    let report = Report {
+        title: format!("SAE universality: study `{}`", study.name),
+        intro,
+        findings: ctx.findings,
+        sections: ctx.sections,
+    };
+    Ok((report, rows))
+}
+
+struct Ctx<'a> {
+    plan: &'a Plan,
+    out: &'a Outputs,
+    sections: Vec<Section>,
+    findings: Vec<Finding>,
+}
+
+impl<'a> Ctx<'a> {
+    fn sae(&self, i: usize) -> &'a SaeRef {
+        &self.plan.saes[i]
+    }
+
+    fn align(&self, p: &Pair) -> &'a AlignOutput {
+        &self.out.align[&p.step]
+    }
+
+    fn pairs(&self, q: Question) -> impl Iterator<Item = &'a Pair> + 'a {
+        let plan: &'a Plan = self.plan;
+        plan.pairs.iter().filter(move |p| p.question == q)
+    }
+
+    fn dec_mmcs(&self, p: &Pair) -> Option<(f64, f64)> {
+        self.align(p)
+            .mmcs
+            .get("decoder")
+            .map(|d| (d.a_to_b, d.b_to_a))
+    }
+
+    fn matching(&self, p: &Pair, which: &str) -> Option<&'a concord_core::outputs::MatchSummary> {
+        self.align(p).matching.get(which)
+    }
+
+    fn null(&self, p: &Pair) -> Option<&'a NullOutput> {
+        p.null.as_ref().and_then(|n| self.out.null.get(n))
+    }
+
+    /// Question 1: dictionary size.
+    fn size(&mut self) -> Result<()> {
+        let mut section = Section {
+            heading: "1. Size: do SAEs of different dictionary sizes learn the same features?"
+                .into(),
+            ..Section::default()
+        };
+        let grids: Vec<String> = self
+            .plan
+            .study
+            .grids
+            .iter()
+            .filter(|g| g.question == Question::Size)
+            .map(|g| g.name.clone())
+            .collect();
+        for grid in grids {
+            let pairs: Vec<&Pair> = self
+                .pairs(Question::Size)
+                .filter(|p| p.grid == grid)
+                .collect();
+            // One panel per (layer, arch) of the grid.
+            let mut keys: Vec<(usize, String)> = pairs
+                .iter()
+                .map(|p| (self.sae(p.a).layer, self.sae(p.a).arch.clone()))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            for (layer, arch) in keys {
+                let here: Vec<&Pair> = pairs
+                    .iter()
+                    .copied()
+                    .filter(|p| self.sae(p.a).layer == layer && self.sae(p.a).arch == arch)
+                    .collect();
+                let mut ratios: Vec<u32> = here
+                    .iter()
+                    .flat_map(|p| [self.sae(p.a).ratio, self.sae(p.b).ratio])
+                    .collect();
+                ratios.sort_unstable();
+                ratios.dedup();
+                let labels: Vec<String> = ratios.iter().map(|r| format!("1:{r}")).collect();
+                let idx = |r: u32| {
+                    ratios
+                        .iter()
+                        .position(|&x| x == r)
+                        .expect("a ratio of the grid")
+                };
+                let n = ratios.len();
+                let mut mmcs = vec![vec![None; n]; n];
+                let mut matched = vec![vec![None; n]; n];
+                for i in 0..n {
+                    mmcs[i][i] = Some(1.0);
+                    matched[i][i] = Some(1.0);
+                }
+                for p in &here {
+                    let (ia, ib) = (idx(self.sae(p.a).ratio), idx(self.sae(p.b).ratio));
+                    if let Some((ab, ba)) = self.dec_mmcs(p) {
+                        mmcs[ia][ib] = Some(ab);
+                        mmcs[ib][ia] = Some(ba);
+                    }
+                    if let Some(m) = self.matching(p, "decoder") {
+                        matched[ia][ib] = Some(m.mean_cos);
+                        matched[ib][ia] = Some(m.mean_cos);
+                    }
+                }
+                let model = &self.sae(here[0].a).model;
+                let what = format!("{model}, layer {layer}, {arch}, grid {grid}");
+                let id = slug(&format!("size-{grid}-{layer}-{arch}"));
+                section.figures.push(Figure {
+                    id: format!("{id}-mmcs"),
+                    title: format!("Pairwise decoder MMCS between sizes ({what})"),
+                    caption: format!(
+                        "Decoder MMCS from the row SAE to the column SAE (mean over the row SAE's features of the best cosine in the \
+                         column SAE; not symmetric), SAEs of ratios {} trained on the same text with the same seeds. The study's \
+                         figure 1. Null: see the next figure.",
+                        labels.join(", ")
+                    ),
+                    svg: plot::heatmap(&Heatmap {
+                        title: format!("Decoder MMCS, row to column ({model} L{layer})"),
+                        row_labels: labels.clone(),
+                        col_labels: labels.clone(),
+                        values: mmcs,
+                        range: (0.0, 1.0),
+                        x_label: "to".into(),
+                        y_label: "from".into(),
+                    })?,
+                });
+                section.figures.push(Figure {
+                    id: format!("{id}-matched"),
+                    title: format!("Mean matched cosine between sizes ({what})"),
+                    caption: "Mean cosine of the exact maximum-weight one-to-one matching of decoder directions (every feature of the \
+                              smaller SAE matched to a distinct feature of the larger; symmetric), same SAEs as the previous figure."
+                        .into(),
+                    svg: plot::heatmap(&Heatmap {
+                        title: format!("Matched decoder cosine ({model} L{layer})"),
+                        row_labels: labels.clone(),
+                        col_labels: labels.clone(),
+                        values: matched,
+                        range: (0.0, 1.0),
+                        x_label: "".into(),
+                        y_label: "".into(),
+                    })?,
+                });
+                // Against the largest SAE.
+                let largest = *ratios.last().expect("a grid has ratios");
+                let vs: Vec<&Pair> = here
+                    .iter()
+                    .copied()
+                    .filter(|p| self.sae(p.b).ratio == largest || self.sae(p.a).ratio == largest)
+                    .collect();
+                let mut lines: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+                let mut corr: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+                let mut null_line = Vec::new();
+                let mut fam_rows = Vec::new();
+                for p in &vs {
+                    let (small, flip) = if self.sae(p.a).ratio == largest {
+                        (p.b, true)
+                    } else {
+                        (p.a, false)
+                    };
+                    let r = f64::from(self.sae(small).ratio);
+                    let a = self.align(p);
+                    let pick = |d: &concord_core::outputs::Directions| {
+                        if flip { d.b_to_a } else { d.a_to_b }
+                    };
+                    if let Some(d) = a.mmcs.get("decoder") {
+                        lines
+                            .entry("decoder MMCS to the largest")
+                            .or_default()
+                            .push((r, pick(d)));
+                    }
+                    if let Some(d) = a.mmcs.get("encoder") {
+                        lines
+                            .entry("encoder MMCS to the largest")
+                            .or_default()
+                            .push((r, pick(d)));
+                    }
+                    if let Some(m) = a.matching.get("decoder") {
+                        lines
+                            .entry("matched decoder cosine")
+                            .or_default()
+                            .push((r, m.mean_cos));
+                        if let Some(s) = m.shared.get("0.7") {
+                            lines
+                                .entry("shared fraction > 0.7")
+                                .or_default()
+                                .push((r, *s));
+                        }
+                    }
+                    if let Some(n) = self.null(p) {
+                        null_line.push((
+                            r,
+                            if flip {
+                                n.analytic.b_to_a
+                            } else {
+                                n.analytic.a_to_b
+                            },
+                        ));
+                    }
+                    if let Some(c) = &a.correlation {
+                        corr.entry("centred Pearson, small to largest")
+                            .or_default()
+                            .push((r, pick(&c.centred)));
+                        if let (Some(u), false) = (c.study_uncentred, flip) {
+                            corr.entry("study's uncentred variant")
+                                .or_default()
+                                .push((r, u));
+                        }
+                    }
+                    if let Some(f) = &a.families {
+                        fam_rows.push(vec![
+                            format!("1:{}", self.sae(small).ratio),
+                            format!("1:{largest}"),
+                            f.parents.to_string(),
+                            format!(
+                                "{:.1} %",
+                                100.0 * f.with_children as f64 / f.parents.max(1) as f64
+                            ),
+                            format!("{:.1} %", 100.0 * f.split as f64 / f.parents.max(1) as f64),
+                            format!("{:.2}", f.mean_children),
+                            f.max_children.to_string(),
+                        ]);
+                    }
+                }
+                let mut series: Vec<Series> = lines
+                    .into_iter()
+                    .map(|(name, mut pts)| {
+                        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                        Series {
+                            name: name.into(),
+                            points: pts,
+                            ..Series::default()
+                        }
+                    })
+                    .collect();
+                if !null_line.is_empty() {
+                    null_line.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    series.push(Series {
+                        name: "null: expected max cosine, random unit vectors".into(),
+                        points: null_line,
+                        dashed: true,
+                        ..Series::default()
+                    });
+                }
+                if !series.is_empty() {
+                    section.figures.push(Figure {
+                        id: format!("{id}-vs-largest"),
+                        title: format!("Consistency with the 1:{largest} SAE against ratio ({what})"),
+                        caption: format!(
+                            "Each smaller SAE compared with the 1:{largest} SAE of the same layer and seeds: decoder and encoder MMCS \
+                             (small to largest), the exact matching's mean cosine and shared fraction above 0.7. The study's figure 2 \
+                             (\"Pairwise Decoder MCS with 1:32 Autoencoder\"). Dashed: the analytic null, the expected max cosine of a \
+                             random unit vector against as many random unit vectors as the larger SAE has features in d = {}.",
+                            self.sae(here[0].a).d_in
+                        ),
+                        svg: plot::lines(&LineChart {
+                            title: format!("Against the 1:{largest} SAE ({model} L{layer})"),
+                            x_label: "dictionary ratio (features / d_model)".into(),
+                            y_label: "score".into(),
+                            series,
+                            log2_x: true,
+                            y_range: Some((0.0, 1.0)),
+                        })?,
+                    });
+                }
+                if !corr.is_empty() {
+                    section.figures.push(Figure {
+                        id: format!("{id}-corr"),
+                        title: format!("Activation correlation with the 1:{largest} SAE against ratio ({what})"),
+                        caption: format!(
+                            "Feature activations on the held-out text ({} documents): for each feature of the smaller SAE, its highest \
+                             centred Pearson correlation with a feature of the 1:{largest} SAE, averaged (dead features excluded); and the \
+                             study's own uncentred variant (cosine of activation vectors), behind its figure 3.",
+                            self.plan.study.eval_docs
+                        ),
+                        svg: plot::lines(&LineChart {
+                            title: format!("Activation correlation with 1:{largest} ({model} L{layer})"),
+                            x_label: "dictionary ratio".into(),
+                            y_label: "mean max correlation".into(),
+                            series: corr
+                                .into_iter()
+                                .map(|(name, mut pts)| {
+                                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                                    Series { name: name.into(), points: pts, ..Series::default() }
+                                })
+                                .collect(),
+                            log2_x: true,
+                            y_range: Some((0.0, 1.0)),
+                        })?,
+                    });
+                }
+                if !fam_rows.is_empty() {
+                    fam_rows.sort();
+                    section.tables.push(Table {
+                        caption: format!("Feature families ({what}): for each feature of the smaller SAE, the features of the 1:{largest} SAE with decoder cosine above the threshold."),
+                        header: ["smaller", "larger", "features", "with a child", "split (2+ children)", "mean children", "max children"].map(String::from).to_vec(),
+                        rows: fam_rows,
+                    });
+                }
+                // Finding: the smallest SAE's decoder MMCS to the largest, against the null.
+                let smallest = ratios[0];
+                if let Some(p) = vs
+                    .iter()
+                    .find(|p| self.sae(p.a).ratio == smallest || self.sae(p.b).ratio == smallest)
+                {
+                    let flip = self.sae(p.a).ratio == largest;
+                    if let (Some((ab, ba)), Some(n)) = (self.dec_mmcs(p), self.null(p)) {
+                        let ours = if flip { ba } else { ab };
+                        let null = if flip {
+                            n.analytic.b_to_a
+                        } else {
+                            n.analytic.a_to_b
+                        };
+                        self.findings.push(Finding {
+                            question: format!("Size: do SAEs of 1:{smallest} and 1:{largest} learn the same features? ({model} L{layer}, {arch})"),
+                            ours: format!("decoder MMCS 1:{smallest} to 1:{largest} = {ours:.3} (null {null:.3})"),
+                            anchor: "The study (figure 2): MMCS with the 1:32 SAE rises with the smaller SAE's ratio and is well above its random baseline; Paulo & Belrose 2025: sharing falls with width.".into(),
+                            verdict: if ours > null + 0.1 { "agrees: far above the null".into() } else { "disagrees: close to the null".into() },
+                        });
+                    }
+                }
+            }
+        }
+        if !section.figures.is_empty() {
+            self.sections.push(section);
+        }
+        Ok(())
+    }
+
+    /// Questions 2-4: seeds, data halves, layers.
+    fn seeds_and_layers(&mut self) -> Result<()> {
+        let mut section = Section { heading: "2-4. Seeds, data and layers: do SAEs that differ only in seed, data order or training text agree?".into(), ..Section::default() };
+        let kinds = [
+            ("init_seed", "init-seed pairs"),
+            ("data_seed", "data-order seed pairs"),
+            ("half", "disjoint halves"),
+        ];
+        let pairs: Vec<&Pair> = self
+            .plan
+            .pairs
+            .iter()
+            .filter(|p| matches!(p.question, Question::Seed | Question::Data))
+            .collect();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        // Shared fraction against threshold.
+        let mut series = Vec::new();
+        for (varies, name) in kinds {
+            let here: Vec<&Pair> = pairs
+                .iter()
+                .copied()
+                .filter(|p| p.varies == varies)
+                .collect();
+            let curves: Vec<&Vec<(f64, f64)>> = here
+                .iter()
+                .filter_map(|p| self.matching(p, "decoder"))
+                .map(|m| &m.shared_curve)
+                .filter(|c| !c.is_empty())
+                .collect();
+            if curves.is_empty() {
+                continue;
+            }
+            let mut points = Vec::new();
+            let mut band = Vec::new();
+            for (k, &(t, _)) in curves[0].iter().enumerate() {
+                let vals: Vec<f64> = curves
+                    .iter()
+                    .filter_map(|c| c.get(k).map(|x| x.1))
+                    .collect();
+                let i = Interval::of(&vals);
+                points.push((t, i.mean));
+                band.push((t, i.lo.max(0.0), i.hi.min(1.0)));
+            }
+            series.push(Series {
+                name: format!("{name} ({})", curves.len()),
+                points,
+                band,
+                dashed: false,
+            });
+        }
+        if let Some(n) = pairs.iter().find_map(|p| self.null(p)) {
+            let pts: Vec<(f64, f64)> = n
+                .isotropic
+                .shared
+                .iter()
+                .filter_map(|(k, v)| k.parse::<f64>().ok().map(|t| (t, v.mean)))
+                .collect();
+            if !pts.is_empty() {
+                series.push(Series {
+                    name: "null: isotropic random dictionaries".into(),
+                    points: pts,
+                    dashed: true,
+                    ..Series::default()
+                });
+            }
+        }
+        if !series.is_empty() {
+            section.figures.push(Figure {
+                id: "seed-shared-curve".into(),
+                title: "Shared fraction against threshold".into(),
+                caption: "Share of the smaller SAE's features matched (exact one-to-one matching of decoder directions) above each cosine \
+                          threshold, for SAEs that differ only in init seed, only in data-order seed, or only in the half of the training \
+                          text; mean over pairs (all layers of the seed grids) with a 95 % interval. Dashed: isotropic random \
+                          dictionaries of the same shape."
+                    .into(),
+                svg: plot::lines(&LineChart {
+                    title: "Shared features against threshold".into(),
+                    x_label: "cosine threshold".into(),
+                    y_label: "shared fraction".into(),
+                    series,
+                    log2_x: false,
+                    y_range: Some((0.0, 1.0)),
+                })?,
+            });
+        }
+        // Per-layer bars with nulls.
+        let mut layers: Vec<(String, usize)> = pairs
+            .iter()
+            .map(|p| (self.sae(p.a).model.clone(), self.sae(p.a).layer))
+            .collect();
+        layers.sort();
+        layers.dedup();
+        let mut groups = Vec::new();
+        let mut rows = Vec::new();
+        let mut per_layer_seed: Vec<(usize, f64)> = Vec::new();
+        for (model, layer) in &layers {
+            let mut bars = Vec::new();
+            let at: Vec<&Pair> = pairs
+                .iter()
+                .copied()
+                .filter(|p| &self.sae(p.a).model == model && self.sae(p.a).layer == *layer)
+                .collect();
+            for (varies, name) in kinds {
+                let vals: Vec<f64> = at
+                    .iter()
+                    .filter(|p| p.varies == varies)
+                    .filter_map(|p| self.dec_mmcs(p))
+                    .map(|(ab, ba)| (ab + ba) / 2.0)
+                    .collect();
+                if vals.is_empty() {
+                    continue;
+                }
+                let i = Interval::of(&vals);
+                if varies == "init_seed" {
+                    per_layer_seed.push((*layer, i.mean));
+                }
+                let shared: Vec<f64> = at
+                    .iter()
+                    .filter(|p| p.varies == varies)
+                    .filter_map(|p| self.matching(p, "decoder"))
+                    .filter_map(|m| m.shared.get("0.7").copied())
+                    .collect();
+                let pw: Vec<f64> = at
+                    .iter()
+                    .filter(|p| p.varies == varies)
+                    .filter_map(|p| self.matching(p, "decoder"))
+                    .map(|m| m.pw_mcc)
+                    .collect();
+                rows.push(vec![
+                    format!("{model} L{layer}"),
+                    name.to_owned(),
+                    fmt_interval(&i),
+                    fmt_interval(&Interval::of(&shared)),
+                    fmt_interval(&Interval::of(&pw)),
+                ]);
+                bars.push(Bar {
+                    series: name.to_owned(),
+                    value: i.mean,
+                    interval: (i.n > 1).then_some((i.lo, i.hi)),
+                });
+            }
+            if let Some(n) = at.iter().find_map(|p| self.null(p)) {
+                if let Some((ab, ba)) = n.isotropic.mmcs_decoder {
+                    let m = (ab.mean + ba.mean) / 2.0;
+                    bars.push(Bar {
+                        series: "null: isotropic random".into(),
+                        value: m,
+                        interval: Some(((ab.lo + ba.lo) / 2.0, (ab.hi + ba.hi) / 2.0)),
+                    });
+                }
+                if let Some((ab, ba)) = n.rand_like.mmcs_decoder {
+                    bars.push(Bar {
+                        series: "study's rand_like baseline (biased)".into(),
+                        value: (ab.mean + ba.mean) / 2.0,
+                        interval: None,
+                    });
+                }
+            }
+            groups.push((format!("{model} L{layer}"), bars));
+        }
+        section.figures.push(Figure {
+            id: "layer-bars".into(),
+            title: "Decoder MMCS of paired SAEs per layer, next to the nulls".into(),
+            caption: "Per layer: decoder MMCS (mean of both directions) of SAEs that differ only in init seed, only in data-order seed, or \
+                      only in the half of the training text (95 % interval over pairs), next to isotropic random dictionaries of the same \
+                      shape (95 % interval over null seeds) and the study's all-positive rand_like baseline, which is biased upward. The \
+                      study's figure 4 compared deduplicated against non-deduplicated Pythia models here; no offline model pair has that \
+                      difference."
+                .into(),
+            svg: plot::bars(&BarChart { title: "Paired SAEs per layer".into(), x_label: "layer".into(), y_label: "decoder MMCS".into(), groups })?,
+        });
+        section.tables.push(Table {
+            caption: "Paired SAEs: decoder MMCS (mean of both directions), shared fraction above 0.7 and PW-MCC (mean |cos| of matched pairs), mean and 95 % interval over pairs.".into(),
+            header: ["layer", "pairs", "decoder MMCS", "shared > 0.7", "PW-MCC"].map(String::from).to_vec(),
+            rows,
+        });
+        // Findings.
+        for (varies, name) in kinds {
+            let shared: Vec<f64> = pairs
+                .iter()
+                .filter(|p| p.varies == varies)
+                .filter_map(|p| self.matching(p, "decoder"))
+                .filter_map(|m| m.shared.get("0.7").copied())
+                .collect();
+            if shared.is_empty() {
+                continue;
+            }
+            let i = Interval::of(&shared);
+            let null = pairs
+                .iter()
+                .filter(|p| p.varies == varies)
+                .find_map(|p| self.null(p))
+                .and_then(|n| n.isotropic.shared.get("0.7"))
+                .map_or(f64::NAN, |x| x.mean);
+            let question = match varies {
+                "half" => "Data: do SAEs trained on disjoint halves of the text share features?",
+                "data_seed" => "Seed: do SAEs that differ only in data order share features?",
+                _ => "Seed: do SAEs that differ only in init seed share features?",
+            };
+            self.findings.push(Finding {
+                question: question.into(),
+                ours: format!("shared fraction > 0.7 (decoder, exact matching), {name}: {} (isotropic null {null:.3})", fmt_interval(&i)),
+                anchor: "Paulo & Belrose 2025: about 30 % of features shared across seeds (Llama-3-8B, 131k features), about 53 % for Pythia-160m layer 6 TopK.".into(),
+                verdict: if i.mean >= 0.2 && i.mean <= 0.7 {
+                    "agrees: in the published range".into()
+                } else if i.mean > 0.7 {
+                    "higher than published: small, short-trained SAEs on a narrow corpus (see caveats)".into()
+                } else {
+                    "lower than published: short training leaves SAEs far from convergence (see caveats)".into()
+                },
+            });
+        }
+        if per_layer_seed.len() >= 3 {
+            let best = per_layer_seed
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("non-empty");
+            let (first, last) = (
+                per_layer_seed[0].0,
+                per_layer_seed[per_layer_seed.len() - 1].0,
+            );
+            let mid = best.0 != first && best.0 != last;
+            self.findings.push(Finding {
+                question: "Layer: how does seed consistency change with depth?".into(),
+                ours: format!(
+                    "init-seed decoder MMCS by layer: {}; highest at layer {}",
+                    per_layer_seed.iter().map(|(l, v)| format!("L{l} {v:.3}")).collect::<Vec<_>>().join(", "),
+                    best.0
+                ),
+                anchor: "Lan et al. 2024: paired-feature similarity across models is strongest at middle depth.".into(),
+                verdict: if mid { "agrees: most consistent in the middle".into() } else { "differs: not most consistent in the middle".into() },
+            });
+        }
+        self.sections.push(section);
+        Ok(())
+    }
+
+    /// Question 5: models.
+    fn models(&mut self) -> Result<()> {
+        let pairs: Vec<&Pair> = self.pairs(Question::Model).collect();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut section = Section {
+            heading:
+                "5. Models: do SAEs of different models learn the same features on the same text?"
+                    .into(),
+            ..Section::default()
+        };
+        section.paragraphs.push(
+            "The two models have different tokenizers; their stores are aligned on the held-out text by byte spans (each token of one \
+             model is paired with the token of the other that covers its last byte), so feature activations are compared on the same \
+             characters. No offline model pair reproduces the study's comparison of a model trained on deduplicated data against one \
+             trained on the original data; that comparison needs Pythia (data/studies/full.toml)."
+                .into(),
+        );
+        let (ma, mb) = (
+            self.sae(pairs[0].a).model.clone(),
+            self.sae(pairs[0].b).model.clone(),
+        );
+        let mut la: Vec<usize> = pairs.iter().map(|p| self.sae(p.a).layer).collect();
+        let mut lb: Vec<usize> = pairs.iter().map(|p| self.sae(p.b).layer).collect();
+        la.sort_unstable();
+        la.dedup();
+        lb.sort_unstable();
+        lb.dedup();
+        let mut values = vec![vec![None; lb.len()]; la.len()];
+        for p in &pairs {
+            if let Some(c) = &self.align(p).correlation {
+                let i = la
+                    .iter()
+                    .position(|&l| l == self.sae(p.a).layer)
+                    .expect("a layer");
+                let j = lb
+                    .iter()
+                    .position(|&l| l == self.sae(p.b).layer)
+                    .expect("a layer");
+                values[i][j] = Some(c.centred.a_to_b);
+            }
+        }
+        let depth_a = &self.plan.study.models[&ma];
+        let depth_b = &self.plan.study.models[&mb];
+        section.figures.push(Figure {
+            id: "model-correlation".into(),
+            title: format!("Activation correlation between the SAEs of {ma} and {mb}"),
+            caption: format!(
+                "Mean over the features of the {ma} SAE (rows) of the highest centred Pearson correlation with a feature of the {mb} SAE \
+                 (columns), on the held-out text aligned by byte spans, dead features excluded; first seeds, equal ratios. Relative \
+                 depths: {ma} {}, {mb} {}. The study's figure 6.",
+                la.iter().map(|&l| format!("L{l}={:.2}", depth_a.depth(l))).collect::<Vec<_>>().join(" "),
+                lb.iter().map(|&l| format!("L{l}={:.2}", depth_b.depth(l))).collect::<Vec<_>>().join(" ")
+            ),
+            svg: plot::heatmap(&Heatmap {
+                title: format!("Max activation correlation, {ma} to {mb}"),
+                row_labels: la.iter().map(|l| format!("{ma} L{l}")).collect(),
+                col_labels: lb.iter().map(|l| format!("L{l}")).collect(),
+                values: values.clone(),
+                range: (0.0, 1.0),
+                x_label: mb.clone(),
+                y_label: "".into(),
+            })?,
+        });
+        // Finding: is each row's best column the one at the closest relative depth?
+        let mut hits = 0;
+        let mut rows = 0;
+        for (i, &l) in la.iter().enumerate() {
+            let best = values[i]
+                .iter()
+                .enumerate()
+                .filter_map(|(j, v)| v.map(|v| (j, v)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let closest = lb
+                .iter()
+                .enumerate()
+                .min_by(|a, b| {
+                    (depth_b.depth(*a.1) - depth_a.depth(l))
+                        .abs()
+                        .total_cmp(&(depth_b.depth(*b.1) - depth_a.depth(l)).abs())
+                })
+                .map(|x| x.0);
+            if let (Some((j, _)), Some(c)) = (best, closest) {
+                rows += 1;
+                hits += usize::from(j == c);
+            }
+        }
+        let matched: Vec<f64> = la
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &l)| {
+                let c = lb
+                    .iter()
+                    .enumerate()
+                    .min_by(|a, b| {
+                        (depth_b.depth(*a.1) - depth_a.depth(l))
+                            .abs()
+                            .total_cmp(&(depth_b.depth(*b.1) - depth_a.depth(l)).abs())
+                    })?
+                    .0;
+                values[i][c]
+            })
+            .collect();
+        self.findings.push(Finding {
+            question: format!("Model: do SAEs of {ma} and {mb} share features on the same text?"),
+            ours: format!(
+                "centred activation correlation at matching relative depth: {}; the best-correlated layer is the depth-matched one for {hits} of {rows} layers",
+                fmt_interval(&Interval::of(&matched))
+            ),
+            anchor: "Lan et al. 2024: SAE features of Pythia-70m and -160m are similar, most at middle depth; the study: correlation between models falls with depth mismatch.".into(),
+            verdict: if hits * 2 > rows { "agrees: depth-matched layers correlate best".into() } else { "differs: depth-matched layers are not the best correlated".into() },
+        });
+        self.sections.push(section);
+        Ok(())
+    }
+
+    /// Question 6: architecture.
+    fn arch(&mut self) -> Result<()> {
+        let pairs: Vec<&Pair> = self.pairs(Question::Arch).collect();
+        let mut section = Section {
+            heading: "6. Architecture: is ReLU/L1 or TopK more consistent across seeds?".into(),
+            ..Section::default()
+        };
+        let mut archs: Vec<String> = pairs.iter().map(|p| self.sae(p.a).arch.clone()).collect();
+        archs.sort();
+        archs.dedup();
+        let mut groups = Vec::new();
+        let mut summary = Vec::new();
+        for arch in &archs {
+            let here: Vec<&Pair> = pairs
+                .iter()
+                .copied()
+                .filter(|p| &self.sae(p.a).arch == arch)
+                .collect();
+            let mut bars = Vec::new();
+            let mmcs: Vec<f64> = here
+                .iter()
+                .filter_map(|p| self.dec_mmcs(p))
+                .map(|(a, b)| (a + b) / 2.0)
+                .collect();
+            let shared: Vec<f64> = here
+                .iter()
+                .filter_map(|p| self.matching(p, "decoder"))
+                .filter_map(|m| m.shared.get("0.7").copied())
+                .collect();
+            let pw: Vec<f64> = here
+                .iter()
+                .filter_map(|p| self.matching(p, "decoder"))
+                .map(|m| m.pw_mcc)
+                .collect();
+            for (name, vals) in [
+                ("decoder MMCS", &mmcs),
+                ("shared > 0.7", &shared),
+                ("PW-MCC", &pw),
+            ] {
+                let i = Interval::of(vals);
+                bars.push(Bar {
+                    series: name.into(),
+                    value: i.mean,
+                    interval: (i.n > 1).then_some((i.lo, i.hi)),
+                });
+            }
+            let evals: Vec<&EvalOutput> = self
+                .plan
+                .saes
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.grid == here.first().map_or(String::new(), |p| p.grid.clone())
+                        && &s.arch == arch
+                })
+                .filter_map(|(i, _)| self.out.eval.get(&i))
+                .collect();
+            let l0 = Interval::of(&evals.iter().map(|e| e.l0).collect::<Vec<_>>());
+            let fvu = Interval::of(&evals.iter().map(|e| e.fvu).collect::<Vec<_>>());
+            summary.push((
+                arch.clone(),
+                Interval::of(&shared),
+                Interval::of(&pw),
+                l0,
+                fvu,
+            ));
+            groups.push((arch.clone(), bars));
+        }
+        if !groups.is_empty() {
+            section.figures.push(Figure {
+                id: "arch-consistency".into(),
+                title: "Seed consistency by architecture".into(),
+                caption: "SAEs of the arch grid that differ only in init seed: decoder MMCS, shared fraction above 0.7 and PW-MCC, mean and \
+                          95 % interval over seed pairs, per architecture (same layer, ratio and text)."
+                    .into(),
+                svg: plot::bars(&BarChart { title: "Seed consistency by architecture".into(), x_label: "architecture".into(), y_label: "score".into(), groups })?,
+            });
+            section.tables.push(Table {
+                caption: "Seed consistency with each architecture's sparsity and reconstruction on the held-out text.".into(),
+                header: ["arch", "shared > 0.7", "PW-MCC", "L0", "FVU"].map(String::from).to_vec(),
+                rows: summary.iter().map(|(a, s, p, l, f)| vec![a.clone(), fmt_interval(s), fmt_interval(p), fmt_interval(l), fmt_interval(f)]).collect(),
+            });
+            let relu = summary.iter().find(|s| s.0.starts_with("relu"));
+            let topk = summary.iter().find(|s| s.0.contains("topk"));
+            if let (Some(r), Some(t)) = (relu, topk) {
+                self.findings.push(Finding {
+                    question: "Architecture: is ReLU/L1 or TopK more consistent across seeds?".into(),
+                    ours: format!(
+                        "shared > 0.7: {} {} (L0 {:.1}, FVU {:.3}) against {} {} (L0 {:.1}, FVU {:.3}); TopK PW-MCC {}",
+                        r.0, fmt_interval(&r.1), r.3.mean, r.4.mean, t.0, fmt_interval(&t.1), t.3.mean, t.4.mean, fmt_interval(&t.2)
+                    ),
+                    anchor: "Paulo & Belrose 2025: ReLU/L1 SAEs are more seed-stable than TopK; Song et al. 2025: PW-MCC about 0.80 for TopK SAEs (Pythia-160m).".into(),
+                    verdict: if r.1.mean > t.1.mean { "agrees: ReLU/L1 shares more features".into() } else { "disagrees: TopK shares as many or more features here".into() },
+                });
+            }
+        }
+        // The L0-FVU frontier of every SAE, by architecture.
+        let mut by_arch: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for (i, s) in self.plan.saes.iter().enumerate() {
+            if let Some(e) = self.out.eval.get(&i) {
+                if e.l0 > 0.0 && e.fvu.is_finite() {
+                    by_arch
+                        .entry(format!("{} ({})", s.arch, s.model))
+                        .or_default()
+                        .push((e.l0, e.fvu));
+                }
+            }
+        }
+        if !by_arch.is_empty() {
+            section.figures.push(Figure {
+                id: "l0-fvu".into(),
+                title: "Sparsity against reconstruction, every SAE".into(),
+                caption: "L0 (mean active features per token) against FVU (fraction of variance unexplained, variance about the mean) on the \
+                          held-out text, for every SAE of the study, by architecture and model."
+                    .into(),
+                svg: plot::scatter(&Scatter { title: "L0 against FVU".into(), x_label: "L0".into(), y_label: "FVU".into(), groups: by_arch.into_iter().collect(), log_x: true })?,
+            });
+        }
+        if !section.figures.is_empty() {
+            self.sections.push(section);
+        }
+        Ok(())
+    }
+
+    /// Question 7: which features are consistent; density histograms; evaluation anchors.
+    fn features(&mut self) -> Result<()> {
+        let mut section = Section {
+            heading: "7. Which features are consistent? Frequencies, dead and dense features"
+                .into(),
+            ..Section::default()
+        };
+        // Consistency against frequency, over seed pairs.
+        let mut by_bin: BTreeMap<(i64, i64), (f64, f64, Vec<f64>)> = BTreeMap::new();
+        for p in self
+            .plan
+            .pairs
+            .iter()
+            .filter(|p| matches!(p.question, Question::Seed | Question::Data | Question::Size))
+        {
+            for b in &self.align(p).by_frequency {
+                if b.features > 0 {
+                    let key = (
+                        (b.lo.log10() * 100.0).round() as i64,
+                        (b.hi.log10() * 100.0).round() as i64,
+                    );
+                    by_bin
+                        .entry(key)
+                        .or_insert((b.lo, b.hi, Vec::new()))
+                        .2
+                        .push(b.mean_matched_cos);
+                }
+            }
+        }
+        if !by_bin.is_empty() {
+            let mut pts = Vec::new();
+            let mut band = Vec::new();
+            for (lo, hi, vals) in by_bin.values() {
+                let x = ((lo.max(1e-6)).log10() + hi.log10()) / 2.0;
+                let i = Interval::of(vals);
+                pts.push((x, i.mean));
+                band.push((x, i.lo, i.hi));
+            }
+            section.figures.push(Figure {
+                id: "consistency-by-frequency".into(),
+                title: "Consistency against feature frequency".into(),
+                caption: "Mean matched decoder cosine of features of SAE A, binned by how often they fire on the held-out text (log10 of the \
+                          fraction of tokens), over the size, seed and data pairs; 95 % interval over pairs."
+                    .into(),
+                svg: plot::lines(&LineChart {
+                    title: "Matched cosine by feature frequency".into(),
+                    x_label: "log10 activation frequency".into(),
+                    y_label: "mean matched cosine".into(),
+                    series: vec![Series { name: "matched decoder cosine".into(), points: pts, band, dashed: false }],
+                    log2_x: false,
+                    y_range: Some((0.0, 1.0)),
+                })?,
+            });
+        }
+        // Density histograms: rows = layers, columns = ratios, first seeds, first arch of each model.
+        let firsts: Vec<(usize, &SaeRef)> = self
+            .plan
+            .saes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.init_seed == 0
+                    && s.data_seed == DataSeed::Seed(0)
+                    && s.half.is_none()
+                    && s.arch == "relu-l1-faithful"
+            })
+            .collect();
+        if let Some((_, first)) = firsts.first() {
+            let model = first.model.clone();
+            let cells_of: Vec<&(usize, &SaeRef)> =
+                firsts.iter().filter(|(_, s)| s.model == model).collect();
+            let mut layers: Vec<usize> = cells_of.iter().map(|(_, s)| s.layer).collect();
+            let mut ratios: Vec<u32> = cells_of.iter().map(|(_, s)| s.ratio).collect();
+            layers.sort_unstable();
+            layers.dedup();
+            ratios.sort_unstable();
+            ratios.dedup();
+            let cells: Vec<Vec<Option<Vec<f64>>>> = layers
+                .iter()
+                .map(|&l| {
+                    ratios
+                        .iter()
+                        .map(|&r| {
+                            cells_of
+                                .iter()
+                                .find(|(_, s)| s.layer == l && s.ratio == r)
+                                .and_then(|(i, _)| self.out.eval.get(i))
+                                .map(|e| e.frequency.iter().map(|&f| f64::from(f)).collect())
+                        })
+                        .collect()
+                })
+                .collect();
+            section.figures.push(Figure {
+                id: "density-grid".into(),
+                title: format!("Feature density histograms ({model}, layers x ratios)"),
+                caption: "Histograms of log10 feature activation frequency on the held-out text, 100 log-spaced bins from 1e-5 to 1 (the \
+                          study's figure 5); each panel counts the features that never fired (below the range) in its title. ReLU/L1 SAEs of \
+                          the first seeds."
+                    .into(),
+                svg: plot::histogram_grid(&HistGrid {
+                    title: format!("Feature density, {model}"),
+                    row_labels: layers.iter().map(|l| format!("L{l}")).collect(),
+                    col_labels: ratios.iter().map(|r| format!("1:{r}")).collect(),
+                    cells,
+                    bins: 100,
+                    lo: 1e-5,
+                    hi: 1.0,
+                })?,
+            });
+        }
+        // Evaluation table and anchors.
+        let mut rows = Vec::new();
+        let mut alive = Vec::new();
+        let mut ve = Vec::new();
+        let mut l0s = Vec::new();
+        let mut lr = Vec::new();
+        for (i, s) in self.plan.saes.iter().enumerate() {
+            let Some(e) = self.out.eval.get(&i) else {
+                continue;
+            };
+            alive.push(1.0 - e.dead_fraction);
+            ve.push(1.0 - e.fvu);
+            l0s.push(e.l0);
+            if let Some(x) = e.loss_recovered {
+                lr.push(x);
+            }
+            rows.push(vec![
+                s.label(),
+                s.model.clone(),
+                format!("{:.4}", e.mse),
+                format!("{:.3}", e.fvu),
+                format!("{:.1}", e.l0),
+                format!("{:.1} %", 100.0 * e.dead_fraction),
+                format!("{:.1} %", 100.0 * e.dense_fraction),
+                e.loss_recovered
+                    .map_or("-".into(), |x| format!("{:.1} %", 100.0 * x)),
+                e.kl.map_or("-".into(), |x| format!("{x:.3}")),
+            ]);
+        }
+        if !rows.is_empty() {
+            section.tables.push(Table {
+                caption: "Every SAE on the held-out text: MSE, FVU, L0, dead (never active) and dense (active on more than 10 % of tokens) \
+                          fractions; loss recovered and KL with the reconstruction spliced into the model, where measured."
+                    .into(),
+                header: ["SAE", "model", "MSE", "FVU", "L0", "dead", "dense", "loss recovered", "KL"].map(String::from).to_vec(),
+                rows,
+            });
+            let v = Interval::of(&ve);
+            let a = Interval::of(&alive);
+            self.findings.push(Finding {
+                question: "Which features: how much do the SAEs explain, how sparse are they, how many features live?".into(),
+                ours: format!(
+                    "variance explained {} ; L0 {} ; alive {}{}",
+                    fmt_interval(&v),
+                    fmt_interval(&Interval::of(&l0s)),
+                    fmt_interval(&a),
+                    if lr.is_empty() { String::new() } else { format!(" ; loss recovered {}", fmt_interval(&Interval::of(&lr))) }
+                ),
+                anchor: "dictionary_learning (Pythia-70m-deduped MLP out, 32,768 features): variance explained 85-99 %, L0 5-160, alive 25-44 %, loss recovered 88-99 %.".into(),
+                verdict: if v.mean >= 0.85 { "agrees on variance explained".into() } else { "explains less: far fewer training tokens than the anchors' SAEs (see caveats)".into() },
+            });
+        }
+        if !section.figures.is_empty() || !section.tables.is_empty() {
+            self.sections.push(section);
+        }
+        Ok(())
+    }
+
+    /// Matched-pair examples: the text both features of a matched pair fire on.
+    fn examples(&mut self) {
+        let mut rows = Vec::new();
+        for p in self
+            .plan
+            .pairs
+            .iter()
+            .filter(|p| p.varies == "init_seed")
+            .take(1)
+        {
+            for ex in self.align(p).examples.iter().take(6) {
+                let snip = |v: &[concord_core::outputs::Snippet]| {
+                    v.iter()
+                        .take(2)
+                        .map(|s| {
+                            format!(
+                                "\u{201c}{}\u{201d} ({:.2})",
+                                s.text.replace('\n', " "),
+                                s.act
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                rows.push(vec![
+                    format!("{} / {}", ex.a, ex.b),
+                    format!("{:.3}", ex.cos),
+                    snip(&ex.a_top),
+                    snip(&ex.b_top),
+                ]);
+            }
+            if !rows.is_empty() {
+                let (a, b) = (self.sae(p.a).label(), self.sae(p.b).label());
+                self.sections.push(Section {
+                    heading: "Matched-pair examples".into(),
+                    paragraphs: vec![format!("Matched features of {a} and {b} (SAEs that differ only in init seed): the held-out text where each fires most, the firing token in [brackets].")],
+                    tables: vec![Table { caption: String::new(), header: ["features a / b", "cosine", "a fires on", "b fires on"].map(String::from).to_vec(), rows: std::mem::take(&mut rows) }],
+                    figures: Vec::new(),
+                });
+            }
+        }
+    }
+}
+
+/// One row per compared pair for `results.parquet`.
+fn results(plan: &Plan, out: &Outputs) -> Vec<ResultRow> {
+    plan.pairs
+        .iter()
+        .map(|p| {
+            let (a, b) = (&plan.saes[p.a], &plan.saes[p.b]);
+            let al = &out.align[&p.step];
+            let mut m = BTreeMap::new();
+            for (which, d) in &al.mmcs {
+                m.insert(format!("mmcs_{which}_a_to_b"), d.a_to_b);
+                m.insert(format!("mmcs_{which}_b_to_a"), d.b_to_a);
+            }
+            for (which, s) in &al.matching {
+                m.insert(format!("matching_{which}_mean_cos"), s.mean_cos);
+                m.insert(format!("matching_{which}_pw_mcc"), s.pw_mcc);
+                m.insert(
+                    format!("matching_{which}_optimal"),
+                    f64::from(u8::from(s.optimal)),
+                );
+                for (t, v) in &s.shared {
+                    m.insert(format!("shared_{which}_{t}"), *v);
+                }
+            }
+            if let Some(c) = &al.correlation {
+                m.insert("corr_centred_a_to_b".into(), c.centred.a_to_b);
+                m.insert("corr_centred_b_to_a".into(), c.centred.b_to_a);
+                m.insert("corr_dead_a".into(), c.dead_a as f64);
+                m.insert("corr_dead_b".into(), c.dead_b as f64);
+                m.insert("corr_tokens".into(), c.tokens as f64);
+                if let Some(x) = c.study_zscore {
+                    m.insert("corr_study_zscore".into(), x);
+                }
+                if let Some(x) = c.study_uncentred {
+                    m.insert("corr_study_uncentred".into(), x);
+                }
+                if let Some(n) = &c.permutation_null {
+                    m.insert("null_permutation_corr_mean".into(), n.mean);
+                    m.insert("null_permutation_corr_hi".into(), n.hi);
+                }
+            }
+            if let Some(n) = p.null.as_ref().and_then(|n| out.null.get(n)) {
+                m.insert("null_analytic_max_cos_a_to_b".into(), n.analytic.a_to_b);
+                m.insert("null_analytic_max_cos_b_to_a".into(), n.analytic.b_to_a);
+                for (name, stats) in [("isotropic", &n.isotropic), ("rand_like", &n.rand_like)] {
+                    if let Some((ab, ba)) = stats.mmcs_decoder {
+                        m.insert(format!("null_{name}_mmcs_a_to_b_mean"), ab.mean);
+                        m.insert(format!("null_{name}_mmcs_a_to_b_hi"), ab.hi);
+                        m.insert(format!("null_{name}_mmcs_b_to_a_mean"), ba.mean);
+                    }
+                    if let Some(i) = stats.matching_mean_cos {
+                        m.insert(format!("null_{name}_matching_mean_cos"), i.mean);
+                    }
+                    if let Some(i) = stats.shared.get("0.7") {
+                        m.insert(format!("null_{name}_shared_0.7"), i.mean);
+                    }
+                }
+            }
+            for (key, s) in [("a", a), ("b", b)] {
+                m.insert(format!("ratio_{key}"), f64::from(s.ratio));
+                m.insert(format!("layer_{key}"), s.layer as f64);
+                m.insert(format!("d_sae_{key}"), s.d_sae() as f64);
+            }
+            ResultRow {
+                question: p.question.name().to_owned(),
+                comparison: format!("{} differs: {} vs {}", p.varies, a.label(), b.label()),
+                a: format!("{}/{}", a.step, a.name),
+                b: format!("{}/{}", b.step, b.name),
+                metrics: m,
+            }
+        })
+        .collect()
+}
+
+/// Loads the outputs, assembles the report and writes `report/` and `report/results.parquet`.
+pub fn write_report(plan: &Plan, run_dir: &Path) -> Result<std::path::PathBuf> {
+    let outputs = load(plan, run_dir)?;
+    let (report, rows) = assemble(plan, &outputs)?;
+    let dir = run_dir.join("report");
+    concord_report::write(&dir, &report)?;
+    concord_report::results::write_parquet(&dir.join("results.parquet"), &rows)?;
+    if report.figures().count() == 0 {
+        return Err(Error::BadOutput {
+            path: dir,
+            reason: "the report has no figures".into(),
+        });
+    }
+    Ok(dir)
+}

@@ -38,6 +38,10 @@ pub struct Args {
     /// Compare only activations (SAEs of models of different widths).
     #[arg(long, requires = "acts_a")]
     activations_only: bool,
+    /// The corpus the stores were harvested from: matched-pair examples then show the text
+    /// their features fire on.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
     /// Decoder cosine above which a feature of the larger SAE joins a family of the smaller's.
     #[arg(long, default_value_t = 0.5)]
     family_threshold: f32,
@@ -64,6 +68,7 @@ pub fn run(args: &Args) -> Result<()> {
         d_sae_b: b.cfg.d_sae,
         ..AlignOutput::default()
     };
+    let mut matched = Vec::new();
     if !args.activations_only {
         if a.cfg.d_in != b.cfg.d_in {
             bail!(
@@ -84,12 +89,18 @@ pub fn run(args: &Args) -> Result<()> {
             let fam = concord_align::metrics::families(&da, &db, args.family_threshold, 64, MatchOptions::default().blocking)?;
             out.families = Some(family_summary(&fam));
         }
-        if let Some(path) = &args.matches {
-            crate::store_glue::write_matches(path, &cmp.matches.decoder, None, None)?;
-        }
+        matched = cmp.matches.decoder;
     }
+    let mut freqs = None;
     if let (Some(acts_a), Some(acts_b)) = (&args.acts_a, &args.acts_b) {
-        crate::correlate::run(&mut out, &a, &b, acts_a, acts_b)?;
+        freqs = Some(crate::correlate::run(&mut out, &a, &b, acts_a, acts_b, args.corpus.as_deref(), &matched)?);
+    }
+    if let Some(path) = &args.matches {
+        if matched.is_empty() {
+            bail!("--matches: SAEs compared by activations only have no weight-space matching to write");
+        }
+        let (fa, fb) = freqs.as_ref().map_or((None, None), |(a, b)| (Some(a.as_slice()), Some(b.as_slice())));
+        crate::store_glue::write_matches(path, &matched, fa, fb)?;
     }
     out.seconds = start.elapsed().as_secs_f64();
     fsutil::write_json_atomic(&args.out, &out)?;

@@ -3,7 +3,13 @@
 //! non-zero exit.
 
 mod align;
+mod correlate;
+mod eval;
+mod harvest;
+mod progress;
 mod reproduce;
+mod store_glue;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run a whole study: harvest, train, evaluate, align every pair, and write the report.
     Reproduce(reproduce::Args),
+    /// Run a model over a corpus and store the activations of hook points as parquet.
+    Harvest(harvest::Args),
+    /// Train a grid of SAEs (hooks x ratios x init seeds) in one pass over a store.
+    Train(train::Args),
+    /// Evaluate an SAE on a hook's dataset (and loss recovered in a causal LM).
+    Eval(eval::Args),
     /// Compare two SAEs: MMCS, exact matching, activation correlation, nulls.
     Align(align::Args),
     /// Null scores for one shape: isotropic random dictionaries and the analytic expectation.
@@ -37,6 +49,9 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Reproduce(args) => reproduce::run(&args),
+        Command::Harvest(args) => harvest::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Align(args) => align::run(&args),
         Command::Null(args) => align::run_null(&args),
     };

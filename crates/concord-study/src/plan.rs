@@ -430,12 +430,11 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
             if !weights {
                 args.push(text("--activations-only"));
             }
-            args.extend([
-                text("--matches"),
-                out("", "matches.parquet"),
-                text("--out"),
-                out("", "align.json"),
-            ]);
+            args.extend([text("--corpus"), corpus.clone()]);
+            if weights {
+                args.extend([text("--matches"), out("", "matches.parquet")]);
+            }
+            args.extend([text("--out"), out("", "align.json")]);
             let est = (sa.d_sae() * sb.d_sae() * sa.d_in.max(sb.d_in)) as f64 * 6.0 / 5e10 + 2.0;
             let step = Step::new(
                 StepKind::Align,

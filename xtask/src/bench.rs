@@ -18,7 +18,15 @@ use serde::Deserialize;
 use crate::{cargo, setup, status};
 
 /// The peers' Python packages, installed on demand into the project's environment.
-const PEERS: &[&str] = &["numpy", "scipy", "faiss-cpu", "transformers", "gguf", "accelerate", "safetensors"];
+const PEERS: &[&str] = &[
+    "numpy",
+    "scipy",
+    "faiss-cpu",
+    "transformers",
+    "gguf",
+    "accelerate",
+    "safetensors",
+];
 
 #[derive(Debug, Deserialize)]
 struct Record {
@@ -73,19 +81,31 @@ pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
 
 fn render(results: &Path) -> Result<String> {
     let mut records = Vec::new();
-    let mut files: Vec<_> = fs::read_dir(results)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<_> = fs::read_dir(results)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
     for file in files {
         let text = fs::read_to_string(&file)?;
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let record: Record = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: invalid benchmark record", file.display(), n + 1))?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let record: Record = serde_json::from_str(line).with_context(|| {
+                format!("{}:{}: invalid benchmark record", file.display(), n + 1)
+            })?;
             records.push(record);
         }
     }
     let mut groups: BTreeMap<&str, BTreeMap<&str, Vec<&Record>>> = BTreeMap::new();
     for r in &records {
-        groups.entry(&r.group).or_default().entry(&r.case).or_default().push(r);
+        groups
+            .entry(&r.group)
+            .or_default()
+            .entry(&r.case)
+            .or_default()
+            .push(r);
     }
     let mut md = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand). Each case is \
@@ -93,17 +113,32 @@ fn render(results: &Path) -> Result<String> {
          over ours.\n",
     );
     for (group, cases) in groups {
-        let _ = write!(md, "\n## {group}\n\n| case | implementation | seconds | speed-up | note |\n|---|---|---:|---:|---|\n");
+        let _ = write!(
+            md,
+            "\n## {group}\n\n| case | implementation | seconds | speed-up | note |\n|---|---|---:|---:|---|\n"
+        );
         for (case, rs) in cases {
-            let ours = rs.iter().filter(|r| !r.peer).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
-            let peer = rs.iter().filter(|r| r.peer).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
+            let ours = rs
+                .iter()
+                .filter(|r| !r.peer)
+                .map(|r| r.seconds)
+                .fold(f64::INFINITY, f64::min);
+            let peer = rs
+                .iter()
+                .filter(|r| r.peer)
+                .map(|r| r.seconds)
+                .fold(f64::INFINITY, f64::min);
             for r in rs {
                 let ratio = if !r.peer && peer.is_finite() && ours > 0.0 {
                     format!("{:.2}x", peer / r.seconds)
                 } else {
                     String::new()
                 };
-                let _ = writeln!(md, "| {case} | {} | {:.4} | {ratio} | {} |", r.implementation, r.seconds, r.note);
+                let _ = writeln!(
+                    md,
+                    "| {case} | {} | {:.4} | {ratio} | {} |",
+                    r.implementation, r.seconds, r.note
+                );
             }
         }
     }

@@ -32,15 +32,24 @@ pub fn derive_jsonl(staging: &Path, out: &Path) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().trim_end_matches("_gut").to_owned())
             .unwrap_or_default();
-        docs.extend(split_documents(&text).into_iter().map(|d| (source.clone(), d)));
+        docs.extend(
+            split_documents(&text)
+                .into_iter()
+                .map(|d| (source.clone(), d)),
+        );
     }
     shuffle(&mut docs, ORDER_SEED);
-    let mut file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut file =
+        fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     for (source, text) in &docs {
         let line = serde_json::json!({ "text": text, "source": source });
         writeln!(file, "{line}")?;
     }
-    eprintln!("setup: corpus of {} documents from {} texts", docs.len(), texts.len());
+    eprintln!(
+        "setup: corpus of {} documents from {} texts",
+        docs.len(),
+        texts.len()
+    );
     Ok(())
 }
 
@@ -62,7 +71,11 @@ fn split_documents(text: &str) -> Vec<String> {
     let mut docs = Vec::new();
     let mut current = String::new();
     for para in text.split("\n\n") {
-        let lines: Vec<&str> = para.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<&str> = para
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         // Verse without stanza breaks makes paragraphs of many pages: cut those at lines.
         for piece in cut_lines(&lines) {
             if !current.is_empty() {

@@ -69,7 +69,10 @@ fn run() -> Result<ExitCode> {
 
 /// The workspace root: the parent of this crate's folder.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
 }
 
 fn cargo() -> Command {
@@ -78,7 +81,9 @@ fn cargo() -> Command {
 
 /// Runs a command to completion, failing with its description when it fails.
 fn status(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {what}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -88,7 +93,15 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
 /// Builds the `concord` CLI (release) and runs it with `args`, returning its exit code.
 fn run_cli(root: &Path, args: &[String]) -> Result<ExitCode> {
     status(
-        cargo().args(["build", "--release", "--quiet", "--package", "concord-cli", "--bin", "concord"]),
+        cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "concord-cli",
+            "--bin",
+            "concord",
+        ]),
         "cargo build --release -p concord-cli",
     )?;
     let bin = root.join("target/release/concord");
@@ -111,15 +124,37 @@ fn test(root: &Path, extra: &[String]) -> Result<ExitCode> {
         let t = Instant::now();
         eprintln!("xtask test: {name}");
         status(cmd, name)?;
-        eprintln!("xtask test: {name} done in {:.0} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "xtask test: {name} done in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
         Ok(())
     };
-    stage("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    stage(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
     stage(
         "cargo clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
-    stage("cargo test", cargo().args(["test", "--workspace", "--locked"]).args(extra))?;
-    eprintln!("xtask test: all passed in {:.0} s", start.elapsed().as_secs_f64());
+    stage(
+        "cargo test",
+        cargo()
+            .args(["test", "--workspace", "--locked"])
+            .args(extra),
+    )?;
+    eprintln!(
+        "xtask test: all passed in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }

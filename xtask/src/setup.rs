@@ -31,7 +31,10 @@ pub struct Need {
 
 impl Need {
     pub fn all() -> Need {
-        Need { torch: true, inputs: true }
+        Need {
+            torch: true,
+            inputs: true,
+        }
     }
 }
 
@@ -57,7 +60,9 @@ pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
         return Ok(python);
     }
     let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let probe = Command::new(&system).args(["-c", "import venv, ensurepip"]).output();
+    let probe = Command::new(&system)
+        .args(["-c", "import venv, ensurepip"])
+        .output();
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(_) => bail!(
@@ -71,7 +76,12 @@ pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
         ),
     }
     eprintln!("setup: creating the project's Python environment in {VENV}/");
-    status(Command::new(&system).args(["-m", "venv", VENV]).current_dir(root), "python3 -m venv")?;
+    status(
+        Command::new(&system)
+            .args(["-m", "venv", VENV])
+            .current_dir(root),
+        "python3 -m venv",
+    )?;
     Ok(python)
 }
 
@@ -80,7 +90,9 @@ pub fn pip_install(root: &Path, packages: &[&str]) -> Result<()> {
     let python = ensure_venv(root)?;
     eprintln!("setup: pip install {}", packages.join(" "));
     status(
-        Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check"]).args(packages),
+        Command::new(python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .args(packages),
         &format!("pip install {}", packages.join(" ")),
     )
 }
@@ -95,21 +107,30 @@ fn ensure_torch(root: &Path) -> Result<()> {
         return Ok(());
     }
     let python = ensure_venv(root)?;
-    eprintln!("setup: installing libtorch from PyPI (torch=={TORCH_VERSION}, about 5 GB with its CUDA libraries)");
+    eprintln!(
+        "setup: installing libtorch from PyPI (torch=={TORCH_VERSION}, about 5 GB with its CUDA libraries)"
+    );
     pip_install(root, &[&format!("torch=={TORCH_VERSION}")])?;
     let out = Command::new(&python)
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
         .output()
         .context("cannot ask the environment's python for site-packages")?;
     let site = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let torch = site.join("torch");
     if !torch.join("lib/libtorch_cpu.so").exists() {
-        bail!("{} holds no lib/libtorch_cpu.so after installing torch", torch.display());
+        bail!(
+            "{} holds no lib/libtorch_cpu.so after installing torch",
+            torch.display()
+        );
     }
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink(&torch, &link)
         .with_context(|| format!("cannot link {} to {}", link.display(), torch.display()))?;
-    fs::write(&stamp, TORCH_VERSION).with_context(|| format!("cannot write {}", stamp.display()))?;
+    fs::write(&stamp, TORCH_VERSION)
+        .with_context(|| format!("cannot write {}", stamp.display()))?;
     eprintln!("setup: libtorch ready at {}", link.display());
     Ok(())
 }
@@ -152,12 +173,24 @@ impl Input {
 
 fn ensure_inputs(root: &Path) -> Result<()> {
     let manifest = root.join("data/inputs.toml");
-    let text = fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-    let inputs: Inputs = toml::from_str(&text).with_context(|| format!("{}: invalid", manifest.display()))?;
+    let text = fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let inputs: Inputs =
+        toml::from_str(&text).with_context(|| format!("{}: invalid", manifest.display()))?;
     let cache = root.join(CACHE);
-    let missing: Vec<&Input> = inputs.input.iter().filter(|i| !is_ready(&cache, i)).collect();
+    let missing: Vec<&Input> = inputs
+        .input
+        .iter()
+        .filter(|i| !is_ready(&cache, i))
+        .collect();
     for (n, input) in missing.iter().enumerate() {
-        eprintln!("setup: [{}/{}] {}: {}", n + 1, missing.len(), input.name, input.about);
+        eprintln!(
+            "setup: [{}/{}] {}: {}",
+            n + 1,
+            missing.len(),
+            input.name,
+            input.about
+        );
         fetch(root, &cache, input).with_context(|| format!("setting up input `{}`", input.name))?;
     }
     Ok(())
@@ -181,9 +214,16 @@ fn fetch(root: &Path, cache: &Path, input: &Input) -> Result<()> {
         let python = ensure_venv(root)?;
         eprintln!("setup: pip download --no-deps {}", input.pip);
         let mut cmd = Command::new(python);
-        cmd.args(["-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "--dest"])
-            .arg(&downloads)
-            .arg(&input.pip);
+        cmd.args([
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--dest",
+        ])
+        .arg(&downloads)
+        .arg(&input.pip);
         if input.archive.ends_with(".tar.gz") {
             cmd.args(["--no-binary", ":all:"]);
         }
@@ -191,14 +231,30 @@ fn fetch(root: &Path, cache: &Path, input: &Input) -> Result<()> {
     }
     let got = sha256_file(&archive)?;
     if got != input.archive_sha256 {
-        bail!("{}: sha256 {got}, data/inputs.toml expects {}", archive.display(), input.archive_sha256);
+        bail!(
+            "{}: sha256 {got}, data/inputs.toml expects {}",
+            archive.display(),
+            input.archive_sha256
+        );
     }
     let dest = cache.join(&input.dest);
     let staging = cache.join(format!(".staging-{}", input.name));
     let _ = fs::remove_dir_all(&staging);
-    extract(root, &archive, &input.prefix, &input.members, &input.files, input.derive.is_some(), &staging)?;
+    extract(
+        root,
+        &archive,
+        &input.prefix,
+        &input.members,
+        &input.files,
+        input.derive.is_some(),
+        &staging,
+    )?;
     if let Some(kind) = &input.derive {
-        let out_name = input.files.keys().next().context("a derived input names one output file")?;
+        let out_name = input
+            .files
+            .keys()
+            .next()
+            .context("a derived input names one output file")?;
         match kind.as_str() {
             "jsonl-documents" => crate::corpus::derive_jsonl(&staging, &staging.join(out_name))?,
             other => bail!("unknown derive {other:?}"),
@@ -209,13 +265,17 @@ fn fetch(root: &Path, cache: &Path, input: &Input) -> Result<()> {
         let from = staging.join(file);
         let got = sha256_file(&from)?;
         if &got != want {
-            bail!("{}: sha256 {got}, data/inputs.toml expects {want}", from.display());
+            bail!(
+                "{}: sha256 {got}, data/inputs.toml expects {want}",
+                from.display()
+            );
         }
         let to = dest.join(file);
         if let Some(parent) = to.parent() {
             fs::create_dir_all(parent)?;
         }
-        fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        fs::rename(&from, &to)
+            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
     }
     let _ = fs::remove_dir_all(&staging);
     let stamp = stamp_path(cache, input);
@@ -269,18 +329,26 @@ if found == 0:
 "#;
     let python = ensure_venv(root)?;
     status(
-        Command::new(python).args(["-c", script]).arg(archive).arg(prefix).arg(staging).args(&wanted),
+        Command::new(python)
+            .args(["-c", script])
+            .arg(archive)
+            .arg(prefix)
+            .arg(staging)
+            .args(&wanted),
         &format!("extracting {}", archive.display()),
     )
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     use std::io::Read;
-    let mut file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file =
+        fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }

@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use concord_align::{CompareOptions, Comparison, Dict, MatchOptions, nulls};
-use concord_core::outputs::{AlignOutput, Directions, FamilySummary, Interval, MatchSummary, NullOutput, NullStats};
-use concord_core::sae::Sae;
 use concord_core::fsutil;
+use concord_core::outputs::{
+    AlignOutput, Directions, FamilySummary, Interval, MatchSummary, NullOutput, NullStats,
+};
+use concord_core::sae::Sae;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,7 +54,7 @@ fn curve_thresholds() -> Vec<f64> {
     (0..=20).map(|i| f64::from(i) / 20.0).collect()
 }
 
-fn load(path: &PathBuf) -> Result<Sae> {
+fn load(path: &std::path::Path) -> Result<Sae> {
     Sae::load(path).with_context(|| format!("cannot read SAE {}", path.display()))
 }
 
@@ -80,26 +82,57 @@ pub fn run(args: &Args) -> Result<()> {
                 b.cfg.d_in
             );
         }
-        let opts = CompareOptions { null_seeds: args.null, ..CompareOptions::default() };
+        let opts = CompareOptions {
+            null_seeds: args.null,
+            ..CompareOptions::default()
+        };
         let cmp = concord_align::compare(&a.weights, &b.weights, &opts)?;
         weight_space(&mut out, &cmp);
         if a.cfg.d_sae != b.cfg.d_sae {
-            let da = Dict::from_rows("W_dec of a", a.weights.decoder_rows(), a.cfg.d_sae, a.cfg.d_in)?;
-            let db = Dict::from_rows("W_dec of b", b.weights.decoder_rows(), b.cfg.d_sae, b.cfg.d_in)?;
-            let fam = concord_align::metrics::families(&da, &db, args.family_threshold, 64, MatchOptions::default().blocking)?;
+            let da = Dict::from_rows(
+                "W_dec of a",
+                a.weights.decoder_rows(),
+                a.cfg.d_sae,
+                a.cfg.d_in,
+            )?;
+            let db = Dict::from_rows(
+                "W_dec of b",
+                b.weights.decoder_rows(),
+                b.cfg.d_sae,
+                b.cfg.d_in,
+            )?;
+            let fam = concord_align::metrics::families(
+                &da,
+                &db,
+                args.family_threshold,
+                64,
+                MatchOptions::default().blocking,
+            )?;
             out.families = Some(family_summary(&fam));
         }
         matched = cmp.matches.decoder;
     }
     let mut freqs = None;
     if let (Some(acts_a), Some(acts_b)) = (&args.acts_a, &args.acts_b) {
-        freqs = Some(crate::correlate::run(&mut out, &a, &b, acts_a, acts_b, args.corpus.as_deref(), &matched)?);
+        freqs = Some(crate::correlate::run(
+            &mut out,
+            &a,
+            &b,
+            acts_a,
+            acts_b,
+            args.corpus.as_deref(),
+            &matched,
+        )?);
     }
     if let Some(path) = &args.matches {
         if matched.is_empty() {
-            bail!("--matches: SAEs compared by activations only have no weight-space matching to write");
+            bail!(
+                "--matches: SAEs compared by activations only have no weight-space matching to write"
+            );
         }
-        let (fa, fb) = freqs.as_ref().map_or((None, None), |(a, b)| (Some(a.as_slice()), Some(b.as_slice())));
+        let (fa, fb) = freqs.as_ref().map_or((None, None), |(a, b)| {
+            (Some(a.as_slice()), Some(b.as_slice()))
+        });
         crate::store_glue::write_matches(path, &matched, fa, fb)?;
     }
     out.seconds = start.elapsed().as_secs_f64();
@@ -108,31 +141,62 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 fn dirs(d: &concord_align::DirectionPair) -> Directions {
-    Directions { a_to_b: d.a_to_b, b_to_a: d.b_to_a }
+    Directions {
+        a_to_b: d.a_to_b,
+        b_to_a: d.b_to_a,
+    }
 }
 
-fn summary(s: &concord_align::metrics::MatchSummary, pairs: &[concord_align::Pair], smaller: usize) -> MatchSummary {
+fn summary(
+    s: &concord_align::metrics::MatchSummary,
+    pairs: &[concord_align::Pair],
+    smaller: usize,
+) -> MatchSummary {
     let curve = curve_thresholds()
         .into_iter()
-        .map(|t| (t, pairs.iter().filter(|p| f64::from(p.cos) > t).count() as f64 / smaller.max(1) as f64))
+        .map(|t| {
+            (
+                t,
+                pairs.iter().filter(|p| f64::from(p.cos) > t).count() as f64
+                    / smaller.max(1) as f64,
+            )
+        })
         .collect();
-    MatchSummary { mean_cos: s.mean_cos, pw_mcc: s.pw_mcc, shared: s.shared.clone(), optimal: s.optimal, shared_curve: curve }
+    MatchSummary {
+        mean_cos: s.mean_cos,
+        pw_mcc: s.pw_mcc,
+        shared: s.shared.clone(),
+        optimal: s.optimal,
+        shared_curve: curve,
+    }
 }
 
 fn interval(i: &nulls::Interval) -> Interval {
-    Interval { mean: i.mean, lo: i.lo, hi: i.hi, n: i.values.len() }
+    Interval {
+        mean: i.mean,
+        lo: i.lo,
+        hi: i.hi,
+        n: i.values.len(),
+    }
 }
 
 /// Fills MMCS, matchings and (when asked) the per-pair nulls from a weight-space comparison.
 fn weight_space(out: &mut AlignOutput, cmp: &Comparison) {
     let smaller = cmp.n_a.min(cmp.n_b);
     out.mmcs.insert("decoder".into(), dirs(&cmp.mmcs.decoder));
-    out.matching.insert("decoder".into(), summary(&cmp.matching.decoder, &cmp.matches.decoder, smaller));
+    out.matching.insert(
+        "decoder".into(),
+        summary(&cmp.matching.decoder, &cmp.matches.decoder, smaller),
+    );
     if let (Some(m), Some(s)) = (&cmp.mmcs.encoder, &cmp.matching.encoder) {
         out.mmcs.insert("encoder".into(), dirs(m));
-        out.matching.insert("encoder".into(), summary(s, &cmp.matches.encoder, smaller));
+        out.matching
+            .insert("encoder".into(), summary(s, &cmp.matches.encoder, smaller));
     }
-    for (name, scores) in [("isotropic", &cmp.null.isotropic_decoder), ("rand_like", &cmp.null.rand_like_decoder)] {
+    for (name, scores) in [
+        ("isotropic", &cmp.null.isotropic_decoder),
+        ("rand_like", &cmp.null.rand_like_decoder),
+    ] {
         if let Some(s) = scores {
             let mut shared = BTreeMap::new();
             if let Some(x) = &s.shared_0_5 {
@@ -188,9 +252,19 @@ pub struct NullArgs {
 /// matching, shared fractions), and the study's `rand_like` baseline against an isotropic one.
 pub fn run_null(args: &NullArgs) -> Result<()> {
     if args.d < 2 || args.n_a == 0 || args.n_b == 0 || args.seeds == 0 {
-        bail!("null: d must be at least 2 and n-a, n-b, seeds at least 1 (got d={}, n-a={}, n-b={}, seeds={})", args.d, args.n_a, args.n_b, args.seeds);
+        bail!(
+            "null: d must be at least 2 and n-a, n-b, seeds at least 1 (got d={}, n-a={}, n-b={}, seeds={})",
+            args.d,
+            args.n_a,
+            args.n_b,
+            args.seeds
+        );
     }
-    let opts = CompareOptions { encoder: false, thresholds: curve_thresholds(), ..CompareOptions::default() };
+    let opts = CompareOptions {
+        encoder: false,
+        thresholds: curve_thresholds(),
+        ..CompareOptions::default()
+    };
     let mut iso: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut shared: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut rl: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -201,7 +275,9 @@ pub fn run_null(args: &NullArgs) -> Result<()> {
         let cmp = concord_align::compare_dicts(&a, &b, None, &opts)?;
         iso.entry("ab").or_default().push(cmp.mmcs.decoder.a_to_b);
         iso.entry("ba").or_default().push(cmp.mmcs.decoder.b_to_a);
-        iso.entry("mean_cos").or_default().push(cmp.matching.decoder.mean_cos);
+        iso.entry("mean_cos")
+            .or_default()
+            .push(cmp.matching.decoder.mean_cos);
         for (t, v) in &cmp.matching.decoder.shared {
             shared.entry(t.clone()).or_default().push(*v);
         }
@@ -218,10 +294,19 @@ pub fn run_null(args: &NullArgs) -> Result<()> {
         isotropic: NullStats {
             mmcs_decoder: Some((Interval::of(&iso["ab"]), Interval::of(&iso["ba"]))),
             matching_mean_cos: Some(Interval::of(&iso["mean_cos"])),
-            shared: shared.iter().map(|(t, v)| (t.clone(), Interval::of(v))).collect(),
+            shared: shared
+                .iter()
+                .map(|(t, v)| (t.clone(), Interval::of(v)))
+                .collect(),
         },
-        rand_like: NullStats { mmcs_decoder: Some((Interval::of(&rl["ab"]), Interval::of(&rl["ba"]))), ..NullStats::default() },
-        analytic: Directions { a_to_b: nulls::expected_max_cos(args.d, args.n_b), b_to_a: nulls::expected_max_cos(args.d, args.n_a) },
+        rand_like: NullStats {
+            mmcs_decoder: Some((Interval::of(&rl["ab"]), Interval::of(&rl["ba"]))),
+            ..NullStats::default()
+        },
+        analytic: Directions {
+            a_to_b: nulls::expected_max_cos(args.d, args.n_b),
+            b_to_a: nulls::expected_max_cos(args.d, args.n_a),
+        },
     };
     fsutil::write_json_atomic(&args.out, &out)?;
     Ok(())

@@ -12,8 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use concord_align::corr::{CoStats, SparseBatch, Span, SpanRule, StudyVariant, align_spans, pearson, study_variant};
-use concord_core::outputs::{AlignOutput, CorrelationSummary, Directions, Example, FrequencyBin, Snippet};
+use concord_align::corr::{
+    CoStats, Span, SpanRule, SparseBatch, StudyVariant, align_spans, pearson, study_variant,
+};
+use concord_core::outputs::{
+    AlignOutput, CorrelationSummary, Directions, Example, FrequencyBin, Snippet,
+};
 use concord_core::sae::Sae;
 use concord_models::tch::{Device, Tensor};
 use concord_store::{Corpus, Dataset, RowMeta};
@@ -32,16 +36,41 @@ const PROMPTS: usize = 30;
 const EXAMPLES: usize = 6;
 
 /// Which rows of `a` and `b` hold the same token, in increasing order of both.
-fn pair_rows(a: &Dataset, b: &Dataset, meta_a: &[RowMeta], meta_b: &[RowMeta]) -> Result<Vec<(u32, u32)>> {
+fn pair_rows(
+    a: &Dataset,
+    b: &Dataset,
+    meta_a: &[RowMeta],
+    meta_b: &[RowMeta],
+) -> Result<Vec<(u32, u32)>> {
     let (ma, mb) = (a.manifest(), b.manifest());
     if ma.corpus_sha256 != mb.corpus_sha256 {
-        bail!("{} and {} were harvested from different corpora: activations cannot be paired", a.dir().display(), b.dir().display());
+        bail!(
+            "{} and {} were harvested from different corpora: activations cannot be paired",
+            a.dir().display(),
+            b.dir().display()
+        );
     }
-    let same_tokens = ma.tokenizer_sha256 == mb.tokenizer_sha256 && ma.context_len == mb.context_len && ma.packing == mb.packing;
-    if same_tokens && meta_a.len() == meta_b.len() && meta_a.iter().zip(meta_b).all(|(x, y)| x.doc == y.doc && x.token == y.token) {
+    let same_tokens = ma.tokenizer_sha256 == mb.tokenizer_sha256
+        && ma.context_len == mb.context_len
+        && ma.packing == mb.packing;
+    if same_tokens
+        && meta_a.len() == meta_b.len()
+        && meta_a
+            .iter()
+            .zip(meta_b)
+            .all(|(x, y)| x.doc == y.doc && x.token == y.token)
+    {
         return Ok((0..meta_a.len() as u32).map(|i| (i, i)).collect());
     }
-    let spans = |m: &[RowMeta]| -> Vec<Span> { m.iter().map(|r| Span { doc: r.doc as u32, start: r.byte_start, end: r.byte_end }).collect() };
+    let spans = |m: &[RowMeta]| -> Vec<Span> {
+        m.iter()
+            .map(|r| Span {
+                doc: r.doc as u32,
+                start: r.byte_start,
+                end: r.byte_end,
+            })
+            .collect()
+    };
     let (sa, sb) = (spans(meta_a), spans(meta_b));
     // Windows overlap documents, so the same document's tokens can appear in two windows;
     // keep the stream order the alignment needs by sorting the spans' positions.
@@ -59,7 +88,11 @@ fn pair_rows(a: &Dataset, b: &Dataset, meta_a: &[RowMeta], meta_b: &[RowMeta]) -
         .collect();
     pairs.sort_unstable();
     if pairs.is_empty() {
-        bail!("{} and {} share no token ends: they do not hold the same documents", a.dir().display(), b.dir().display());
+        bail!(
+            "{} and {} share no token ends: they do not hold the same documents",
+            a.dir().display(),
+            b.dir().display()
+        );
     }
     Ok(pairs)
 }
@@ -108,14 +141,21 @@ pub fn run(
     let (ra, rb) = (ds_a.rows().min(MAX_TOKENS), ds_b.rows().min(MAX_TOKENS * 2));
     let (meta_a, meta_b) = (ds_a.read_meta(0..ra)?, ds_b.read_meta(0..rb)?);
     let pairs = pair_rows(&ds_a, &ds_b, &meta_a, &meta_b)?;
-    let (ma, mb) = (SaeModel::from_sae(a, Device::Cpu)?, SaeModel::from_sae(b, Device::Cpu)?);
+    let (ma, mb) = (
+        SaeModel::from_sae(a, Device::Cpu)?,
+        SaeModel::from_sae(b, Device::Cpu)?,
+    );
     let (da, db) = (ds_a.d(), ds_b.d());
     // The rows each chunk needs, read as contiguous ranges.
     let mut stats = CoStats::new(ma.d_sae, mb.d_sae);
     let mut prompts: Vec<(SparseBatch, SparseBatch)> = Vec::new();
     let mut prompt_docs: BTreeSet<u64> = BTreeSet::new();
-    let mut tracked_a = TopActs { features: BTreeMap::new() };
-    let mut tracked_b = TopActs { features: BTreeMap::new() };
+    let mut tracked_a = TopActs {
+        features: BTreeMap::new(),
+    };
+    let mut tracked_b = TopActs {
+        features: BTreeMap::new(),
+    };
     let mut best: Vec<&concord_align::Pair> = matches.iter().collect();
     best.sort_by(|x, y| y.cos.total_cmp(&x.cos).then(x.a.cmp(&y.a)));
     for p in best.iter().take(EXAMPLES * 3) {
@@ -138,17 +178,21 @@ pub fn run(
             (start + CHUNK).min(pairs.len())
         };
         let chunk = &pairs[start..end];
-        let gather = |ds: &Dataset, d: usize, idx: &mut dyn Iterator<Item = u32>| -> Result<Vec<f32>> {
-            let idx: Vec<u32> = idx.collect();
-            let (lo, hi) = (u64::from(*idx.iter().min().expect("a chunk has rows")), u64::from(*idx.iter().max().expect("a chunk has rows")) + 1);
-            let block = ds.read_rows(lo..hi)?;
-            let mut rows = Vec::with_capacity(idx.len() * d);
-            for i in idx {
-                let r = (u64::from(i) - lo) as usize;
-                rows.extend_from_slice(&block.xs[r * d..(r + 1) * d]);
-            }
-            Ok(rows)
-        };
+        let gather =
+            |ds: &Dataset, d: usize, idx: &mut dyn Iterator<Item = u32>| -> Result<Vec<f32>> {
+                let idx: Vec<u32> = idx.collect();
+                let (lo, hi) = (
+                    u64::from(*idx.iter().min().expect("a chunk has rows")),
+                    u64::from(*idx.iter().max().expect("a chunk has rows")) + 1,
+                );
+                let block = ds.read_rows(lo..hi)?;
+                let mut rows = Vec::with_capacity(idx.len() * d);
+                for i in idx {
+                    let r = (u64::from(i) - lo) as usize;
+                    rows.extend_from_slice(&block.xs[r * d..(r + 1) * d]);
+                }
+                Ok(rows)
+            };
         let xa = gather(&ds_a, da, &mut chunk.iter().map(|p| p.0))?;
         let xb = gather(&ds_b, db, &mut chunk.iter().map(|p| p.1))?;
         let (ca, cb) = (encode(&ma, &xa, da)?, encode(&mb, &xb, db)?);
@@ -164,10 +208,23 @@ pub fn run(
         start = end;
     }
     let summary = pearson(&stats);
-    let zscore = study_variant(ma.d_sae, mb.d_sae, prompts.iter().map(|(x, y)| (x, y)), StudyVariant::ZScore)?;
-    let uncentred = study_variant(ma.d_sae, mb.d_sae, prompts.iter().map(|(x, y)| (x, y)), StudyVariant::Uncentred)?;
+    let zscore = study_variant(
+        ma.d_sae,
+        mb.d_sae,
+        prompts.iter().map(|(x, y)| (x, y)),
+        StudyVariant::ZScore,
+    )?;
+    let uncentred = study_variant(
+        ma.d_sae,
+        mb.d_sae,
+        prompts.iter().map(|(x, y)| (x, y)),
+        StudyVariant::Uncentred,
+    )?;
     out.correlation = Some(CorrelationSummary {
-        centred: Directions { a_to_b: summary.a_to_b, b_to_a: summary.b_to_a },
+        centred: Directions {
+            a_to_b: summary.a_to_b,
+            b_to_a: summary.b_to_a,
+        },
         dead_a: summary.dead_a,
         dead_b: summary.dead_b,
         tokens: summary.tokens,
@@ -182,22 +239,58 @@ pub fn run(
     out.by_frequency = edges
         .windows(2)
         .map(|w| {
-            let cos: Vec<f64> = matches.iter().filter(|p| (w[0]..w[1]).contains(&freq_a[p.a as usize])).map(|p| f64::from(p.cos)).collect();
-            FrequencyBin { lo: w[0], hi: w[1].min(1.0), features: cos.len(), mean_matched_cos: if cos.is_empty() { f64::NAN } else { cos.iter().sum::<f64>() / cos.len() as f64 } }
+            let cos: Vec<f64> = matches
+                .iter()
+                .filter(|p| (w[0]..w[1]).contains(&freq_a[p.a as usize]))
+                .map(|p| f64::from(p.cos))
+                .collect();
+            FrequencyBin {
+                lo: w[0],
+                hi: w[1].min(1.0),
+                features: cos.len(),
+                mean_matched_cos: if cos.is_empty() {
+                    f64::NAN
+                } else {
+                    cos.iter().sum::<f64>() / cos.len() as f64
+                },
+            }
         })
         .filter(|b| b.features > 0)
         .collect();
     // Examples: the best-matched pairs whose features both fired, with their text.
     if let Some(corpus) = corpus {
-        let wanted: BTreeSet<u64> = tracked_a.features.values().chain(tracked_b.features.values()).flatten().map(|(_, m)| m.doc).collect();
+        let wanted: BTreeSet<u64> = tracked_a
+            .features
+            .values()
+            .chain(tracked_b.features.values())
+            .flatten()
+            .map(|(_, m)| m.doc)
+            .collect();
         let texts = read_docs(corpus, &wanted)?;
         let snip = |list: &[(f32, RowMeta)]| -> Vec<Snippet> {
-            list.iter().filter_map(|(v, m)| texts.get(&m.doc).map(|t| Snippet { doc: m.doc, text: snippet(t, m.byte_start as usize, m.byte_end as usize), act: *v })).collect()
+            list.iter()
+                .filter_map(|(v, m)| {
+                    texts.get(&m.doc).map(|t| Snippet {
+                        doc: m.doc,
+                        text: snippet(t, m.byte_start as usize, m.byte_end as usize),
+                        act: *v,
+                    })
+                })
+                .collect()
         };
         for p in best.iter() {
-            let (sa, sb) = (snip(&tracked_a.features[&p.a]), snip(&tracked_b.features[&p.b]));
+            let (sa, sb) = (
+                snip(&tracked_a.features[&p.a]),
+                snip(&tracked_b.features[&p.b]),
+            );
             if !sa.is_empty() && !sb.is_empty() {
-                out.examples.push(Example { a: p.a as usize, b: p.b as usize, cos: f64::from(p.cos), a_top: sa, b_top: sb });
+                out.examples.push(Example {
+                    a: p.a as usize,
+                    b: p.b as usize,
+                    cos: f64::from(p.cos),
+                    a_top: sa,
+                    b_top: sb,
+                });
             }
             if out.examples.len() == EXAMPLES {
                 break;
@@ -211,7 +304,9 @@ pub fn run(
 /// The texts of the documents with the given indices.
 fn read_docs(path: &Path, wanted: &BTreeSet<u64>) -> Result<BTreeMap<u64, String>> {
     let mut out = BTreeMap::new();
-    let Some(&last) = wanted.iter().next_back() else { return Ok(out) };
+    let Some(&last) = wanted.iter().next_back() else {
+        return Ok(out);
+    };
     let corpus = Corpus::open(path)?;
     for doc in corpus.documents()? {
         let doc = doc.with_context(|| format!("reading {}", path.display()))?;

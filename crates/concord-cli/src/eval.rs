@@ -52,8 +52,12 @@ pub struct Args {
 /// hook and model).
 pub fn load_sae(path: &Path, ds: Option<&Dataset>) -> Result<Sae> {
     if path.is_file() {
-        let (hook, model) = ds.map_or((String::new(), String::new()), |d| (d.hook().to_string(), d.manifest().model.clone()));
-        return Ok(concord_train::load_dictionary_learning(path, &hook, &model)?);
+        let (hook, model) = ds.map_or((String::new(), String::new()), |d| {
+            (d.hook().to_string(), d.manifest().model.clone())
+        });
+        return Ok(concord_train::load_dictionary_learning(
+            path, &hook, &model,
+        )?);
     }
     Sae::load(path).with_context(|| format!("cannot read SAE {}", path.display()))
 }
@@ -70,7 +74,12 @@ pub fn check_widths(sae: &Sae, sae_path: &Path, ds: &Dataset) -> Result<()> {
         );
     }
     if sae.cfg.hook_name != ds.hook().to_string() {
-        tracing::warn!("SAE {} was trained on {}, evaluated on {}", sae_path.display(), sae.cfg.hook_name, ds.hook());
+        tracing::warn!(
+            "SAE {} was trained on {}, evaluated on {}",
+            sae_path.display(),
+            sae.cfg.hook_name,
+            ds.hook()
+        );
     }
     Ok(())
 }
@@ -108,20 +117,34 @@ pub fn run(args: &Args) -> Result<()> {
         let error = Rc::new(RefCell::new(None));
         let docs = documents(&corpus, args.skip_docs, Some(args.docs), error.clone())?;
         let m = ds.manifest();
-        let opts = PackOptions { context_len: m.context_len, packing: m.packing };
-        let windows: Vec<Window> = pack(&lm.tokenizer, lm.info.is_causal, docs, opts)?.collect::<Result<_, _>>()?;
+        let opts = PackOptions {
+            context_len: m.context_len,
+            packing: m.packing,
+        };
+        let windows: Vec<Window> =
+            pack(&lm.tokenizer, lm.info.is_causal, docs, opts)?.collect::<Result<_, _>>()?;
         if let Some(e) = error.borrow_mut().take() {
             return Err(e.into());
         }
         if windows.is_empty() {
-            bail!("no text for loss recovered: {} documents after skipping {}", args.docs, args.skip_docs);
+            bail!(
+                "no text for loss recovered: {} documents after skipping {}",
+                args.docs,
+                args.skip_docs
+            );
         }
         let pad = lm.info.pad.or(lm.info.eos).unwrap_or(0);
         let mut meter = SpliceMeter::default();
         let reconstruct = |x: &Tensor| -> Tensor {
             let shape = x.size();
-            let flat = x.to_kind(Kind::Float).reshape([-1, *shape.last().expect("a hook value has a width")]);
-            model.reconstruct(&flat).expect("widths were checked against the dataset").reshape(shape.as_slice()).to_kind(x.kind())
+            let flat = x
+                .to_kind(Kind::Float)
+                .reshape([-1, *shape.last().expect("a hook value has a width")]);
+            model
+                .reconstruct(&flat)
+                .expect("widths were checked against the dataset")
+                .reshape(shape.as_slice())
+                .to_kind(x.kind())
         };
         let zero = |x: &Tensor| x.zeros_like();
         for chunk in windows.chunks(4) {
@@ -131,7 +154,13 @@ pub fn run(args: &Args) -> Result<()> {
             let ablated = lm.splice(&ids, &mask, hook, &zero)?;
             let n = ids.size()[1];
             let logits = |t: &Tensor| t.narrow(1, 0, n - 1).contiguous();
-            meter.add(&clean.loss, &spliced.loss, &ablated.loss, &logits(&clean.logits), &logits(&spliced.logits))?;
+            meter.add(
+                &clean.loss,
+                &spliced.loss,
+                &ablated.loss,
+                &logits(&clean.logits),
+                &logits(&spliced.logits),
+            )?;
         }
         let r = meter.report();
         out.loss_recovered = Some(r.loss_recovered);
@@ -140,8 +169,20 @@ pub fn run(args: &Args) -> Result<()> {
         out.ce_spliced = Some(r.ce_spliced);
         out.ce_zero_ablated = Some(r.ce_zero_ablate);
     }
-    let path = args.out.clone().unwrap_or_else(|| if args.sae.is_file() { args.sae.with_extension("eval.json") } else { args.sae.join("eval.json") });
+    let path = args.out.clone().unwrap_or_else(|| {
+        if args.sae.is_file() {
+            args.sae.with_extension("eval.json")
+        } else {
+            args.sae.join("eval.json")
+        }
+    });
     concord_core::fsutil::write_json_atomic(&path, &out)?;
-    tracing::info!("FVU {:.4}, L0 {:.1}, dead {:.1} % -> {}", out.fvu, out.l0, 100.0 * out.dead_fraction, path.display());
+    tracing::info!(
+        "FVU {:.4}, L0 {:.1}, dead {:.1} % -> {}",
+        out.fvu,
+        out.l0,
+        100.0 * out.dead_fraction,
+        path.display()
+    );
     Ok(())
 }

@@ -13,7 +13,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use concord_core::{Dtype, HookName};
 use concord_models::tch::{Device, Kind, Tensor};
-use concord_models::{ComputeDtype, LoadOptions, Model, PackOptions, Packing, Window, pack, to_batch};
+use concord_models::{
+    ComputeDtype, LoadOptions, Model, PackOptions, Packing, Window, pack, to_batch,
+};
 use concord_store::{Corpus, ManifestSpec, RowMeta, StoreWriter, default_rows_per_shard};
 
 use crate::progress::Progress;
@@ -66,13 +68,20 @@ pub struct Args {
 
 /// `(rows, d)` f32 on the CPU, row-major, from a tensor of any float kind and device.
 pub fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    let flat = t.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?.f_view([-1])?;
+    let flat = t
+        .f_to_kind(Kind::Float)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_view([-1])?;
     Ok(Vec::<f32>::try_from(&flat)?)
 }
 
 pub fn load_model(name: &str, device: &str, compute: &str) -> Result<Model> {
     let data = crate::data_dir();
-    let root = data.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"));
+    let root = data
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("data"));
     let source = concord_models::resolve(name, &root)?;
     let dtype = match compute {
         "f32" | "float32" => ComputeDtype::F32,
@@ -80,7 +89,8 @@ pub fn load_model(name: &str, device: &str, compute: &str) -> Result<Model> {
         other => bail!("--compute-dtype {other:?}: expected f32 or bf16"),
     };
     let device = concord_models::parse_device(device)?;
-    Model::load(&source, LoadOptions { device, dtype }).with_context(|| format!("cannot load model {name}"))
+    Model::load(&source, LoadOptions { device, dtype })
+        .with_context(|| format!("cannot load model {name}"))
 }
 
 /// Documents `skip..skip + take` of a corpus as `(index, text)`, stopping at the first error,
@@ -116,7 +126,11 @@ pub fn run(args: &Args) -> Result<()> {
     model.check_hooks(&hooks)?;
     let corpus = Corpus::open(&args.corpus)?;
     let corpus_sha256 = corpus.sha256()?;
-    let packing = if args.no_pack { Packing::PerDocument } else { Packing::Packed };
+    let packing = if args.no_pack {
+        Packing::PerDocument
+    } else {
+        Packing::Packed
+    };
     let settings = serde_json::json!({
         "skip_docs": args.skip_docs,
         "docs": args.docs,
@@ -133,7 +147,11 @@ pub fn run(args: &Args) -> Result<()> {
                 hook,
                 d,
                 dtype: args.dtype,
-                tokenizer: model.tokenizer.source().file_name().map_or_else(|| args.model.clone(), |n| n.to_string_lossy().into_owned()),
+                tokenizer: model
+                    .tokenizer
+                    .source()
+                    .file_name()
+                    .map_or_else(|| args.model.clone(), |n| n.to_string_lossy().into_owned()),
                 tokenizer_sha256: model.tokenizer.sha256().to_owned(),
                 corpus_sha256: corpus_sha256.clone(),
                 context_len: args.context_len,
@@ -155,7 +173,10 @@ pub fn run(args: &Args) -> Result<()> {
     let error = Rc::new(RefCell::new(None));
     let docs = documents(&corpus, args.skip_docs, args.docs, error.clone())?;
     let pad = model.info.pad.or(model.info.eos).unwrap_or(0);
-    let opts = PackOptions { context_len: args.context_len, packing };
+    let opts = PackOptions {
+        context_len: args.context_len,
+        packing,
+    };
     let mut windows = pack(&model.tokenizer, model.info.is_causal, docs, opts)?;
     let bar = Progress::tokens(args.tokens, "harvest");
     let start = Instant::now();
@@ -191,10 +212,16 @@ pub fn run(args: &Args) -> Result<()> {
         return Err(e.into());
     }
     if tokens == 0 {
-        bail!("{}: no text to harvest (empty corpus, or --skip-docs past its end)", args.corpus.display());
+        bail!(
+            "{}: no text to harvest (empty corpus, or --skip-docs past its end)",
+            args.corpus.display()
+        );
     }
     if ended && args.tokens.is_some_and(|t| tokens < t) {
-        tracing::warn!("the corpus ended after {tokens} tokens, before --tokens {}", args.tokens.unwrap_or(0));
+        tracing::warn!(
+            "the corpus ended after {tokens} tokens, before --tokens {}",
+            args.tokens.unwrap_or(0)
+        );
     }
     bar.finish();
     writer.finish()?;
@@ -210,13 +237,21 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// Runs one batch of windows and appends each window's rows to every hook's dataset.
-fn run_batch(model: &Model, hooks: &[HookName], batch: &[Window], pad: u32, writer: &mut StoreWriter) -> Result<()> {
+fn run_batch(
+    model: &Model,
+    hooks: &[HookName],
+    batch: &[Window],
+    pad: u32,
+    writer: &mut StoreWriter,
+) -> Result<()> {
     let (ids, mask) = to_batch(batch, pad)?;
     let acts = model.run_with_cache(&ids, &mask, hooks)?;
     let len = ids.size()[1] as usize;
     let mut per_hook = Vec::with_capacity(hooks.len());
     for hook in hooks {
-        let t = acts.get(hook).with_context(|| format!("the model returned no {hook}"))?;
+        let t = acts
+            .get(hook)
+            .with_context(|| format!("the model returned no {hook}"))?;
         per_hook.push((to_f32_vec(t)?, model.info.hook_width(*hook)));
     }
     for (i, w) in batch.iter().enumerate() {
@@ -233,7 +268,10 @@ fn run_batch(model: &Model, hooks: &[HookName], batch: &[Window], pad: u32, writ
             })
             .collect();
         let n = rows.len();
-        let slices: Vec<&[f32]> = per_hook.iter().map(|(xs, d)| &xs[i * len * d..(i * len + n) * d]).collect();
+        let slices: Vec<&[f32]> = per_hook
+            .iter()
+            .map(|(xs, d)| &xs[i * len * d..(i * len + n) * d])
+            .collect();
         writer.push_window(&rows, &slices)?;
     }
     Ok(())

@@ -72,9 +72,14 @@ pub fn init_tracing(file: Option<std::fs::File>) {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,concord=info"))
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_target(false);
     let _ = match file {
-        Some(f) => builder.with_ansi(false).with_writer(std::io::stderr.and(std::sync::Arc::new(f))).try_init(),
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::io::stderr.and(std::sync::Arc::new(f)))
+            .try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
 }
@@ -98,5 +103,6 @@ pub fn data_dir() -> PathBuf {
 
 /// Whether progress bars should be drawn (steps run by `reproduce` log to files instead).
 pub fn show_progress() -> bool {
-    std::env::var("CONCORD_PROGRESS").map_or(true, |v| v != "0") && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    std::env::var("CONCORD_PROGRESS").map_or(true, |v| v != "0")
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }

@@ -22,7 +22,11 @@ impl Progress {
         } else {
             "{prefix} {spinner} {human_pos} tokens  {per_sec}  {msg}"
         };
-        bar.set_style(ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
         bar.set_prefix(what.to_owned());
         Progress { bar }
     }

@@ -36,10 +36,17 @@ fn study_path(name: &str) -> Result<PathBuf> {
         return Ok(as_path.to_owned());
     }
     let data = crate::data_dir();
-    let dir = data.parent().map_or_else(|| PathBuf::from("data"), Path::to_owned).join("studies");
+    let dir = data
+        .parent()
+        .map_or_else(|| PathBuf::from("data"), Path::to_owned)
+        .join("studies");
     let path = dir.join(format!("{name}.toml"));
     if !path.exists() {
-        bail!("unknown study {name:?}: no {} (give a name under {} or a .toml file)", path.display(), dir.display());
+        bail!(
+            "unknown study {name:?}: no {} (give a name under {} or a .toml file)",
+            path.display(),
+            dir.display()
+        );
     }
     Ok(path)
 }
@@ -47,13 +54,21 @@ fn study_path(name: &str) -> Result<PathBuf> {
 pub fn run(args: &Args) -> Result<()> {
     let path = study_path(&args.study)?;
     let study = Study::load(&path)?;
-    if let Some(d) = &args.device {
-        if d != "cpu" && d != "cuda" && !d.starts_with("cuda:") {
-            bail!("--device {d:?}: expected cpu or cuda");
-        }
+    if let Some(d) = args
+        .device
+        .as_ref()
+        .filter(|d| *d != "cpu" && *d != "cuda" && !d.starts_with("cuda:"))
+    {
+        bail!("--device {d:?}: expected cpu or cuda");
     }
     let corpus = study.corpus_path(&crate::data_dir());
-    let plan = plan(&study, &corpus, &PlanOptions { device: args.device.clone() });
+    let plan = plan(
+        &study,
+        &corpus,
+        &PlanOptions {
+            device: args.device.clone(),
+        },
+    );
     let run_dir = args.runs.join(&study.name);
     if args.dry_run {
         crate::init_tracing(None);
@@ -65,8 +80,11 @@ pub fn run(args: &Args) -> Result<()> {
         }
         return Ok(());
     }
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    let run_dir = run_dir.canonicalize().with_context(|| format!("cannot resolve {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let run_dir = run_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", run_dir.display()))?;
     let log = run_dir.join("log.txt");
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -76,9 +94,18 @@ pub fn run(args: &Args) -> Result<()> {
     crate::init_tracing(Some(log_file));
     concord_core::fsutil::write_json_atomic(&run_dir.join("plan.json"), &plan)?;
     let start = Instant::now();
-    tracing::info!("study {}: {} steps in {}", study.name, plan.steps.len(), run_dir.display());
+    tracing::info!(
+        "study {}: {} steps in {}",
+        study.name,
+        plan.steps.len(),
+        run_dir.display()
+    );
     let program = std::env::current_exe().context("cannot find the concord binary")?;
-    let mut exec = Local { program, jobs: args.jobs, progress: crate::show_progress() };
+    let mut exec = Local {
+        program,
+        jobs: args.jobs,
+        progress: crate::show_progress(),
+    };
     exec.run(&plan, &run_dir)?;
     let report = assemble::write_report(&plan, &run_dir)?;
     eprintln!(

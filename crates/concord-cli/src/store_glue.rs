@@ -7,9 +7,19 @@ use concord_align::Pair;
 use concord_store::MatchTable;
 
 /// Writes the per-feature match table (`a`, `b`, `cos`, and frequencies when known).
-pub fn write_matches(path: &Path, pairs: &[Pair], freq_a: Option<&[f32]>, freq_b: Option<&[f32]>) -> Result<()> {
+pub fn write_matches(
+    path: &Path,
+    pairs: &[Pair],
+    freq_a: Option<&[f32]>,
+    freq_b: Option<&[f32]>,
+) -> Result<()> {
     let pick = |f: Option<&[f32]>, idx: &dyn Fn(&Pair) -> u32| {
-        f.map(|f| pairs.iter().map(|p| f.get(idx(p) as usize).copied().unwrap_or(f32::NAN)).collect())
+        f.map(|f| {
+            pairs
+                .iter()
+                .map(|p| f.get(idx(p) as usize).copied().unwrap_or(f32::NAN))
+                .collect()
+        })
     };
     let table = MatchTable {
         a: pairs.iter().map(|p| p.a).collect(),

@@ -97,13 +97,19 @@ pub fn run(args: &Args) -> Result<()> {
     let data_seed = match args.data_seed.as_str() {
         "same" => match seeds.as_slice() {
             [s] => *s,
-            _ => bail!("--data-seed same needs exactly one --init-seed (the study's confound: one seed for both)"),
+            _ => bail!(
+                "--data-seed same needs exactly one --init-seed (the study's confound: one seed for both)"
+            ),
         },
-        s => s.parse::<u64>().with_context(|| format!("--data-seed {s:?}: expected a number or `same`"))?,
+        s => s
+            .parse::<u64>()
+            .with_context(|| format!("--data-seed {s:?}: expected a number or `same`"))?,
     };
     let order = match args.shuffle.as_str() {
         "sequences" => Order::Windows,
-        "rows" => Order::Rows { buffer_rows: 1 << 18 },
+        "rows" => Order::Rows {
+            buffer_rows: 1 << 18,
+        },
         other => bail!("--shuffle {other:?}: expected sequences or rows"),
     };
     let half = match args.half.as_deref() {
@@ -132,7 +138,10 @@ pub fn run(args: &Args) -> Result<()> {
                 }
                 if let Some(l1) = args.l1 {
                     if arch.uses_k() {
-                        bail!("--l1 applies to relu-l1-faithful and relu-l1, not {}", arch.name());
+                        bail!(
+                            "--l1 applies to relu-l1-faithful and relu-l1, not {}",
+                            arch.name()
+                        );
                     }
                     spec.hyper.l1 = Some(l1);
                 }
@@ -161,14 +170,22 @@ pub fn run(args: &Args) -> Result<()> {
         half: args.half.clone(),
         acts: args.acts.iter().map(|p| p.display().to_string()).collect(),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let record_path = args.out.join(RECORD);
     if record_path.exists() {
         let old: TrainRecord = concord_core::fsutil::read_json(&record_path)?;
         if old != record {
-            bail!("{} holds SAEs trained with other settings; choose another --out", args.out.display());
+            bail!(
+                "{} holds SAEs trained with other settings; choose another --out",
+                args.out.display()
+            );
         }
-        if !args.out.join(CHECKPOINT).exists() && specs.iter().all(|s| args.out.join(&s.name).join("cfg.json").exists()) {
+        if !args.out.join(CHECKPOINT).exists()
+            && specs
+                .iter()
+                .all(|s| args.out.join(&s.name).join("cfg.json").exists())
+        {
             tracing::info!("{} is already trained", args.out.display());
             return Ok(());
         }
@@ -197,9 +214,19 @@ pub fn run(args: &Args) -> Result<()> {
         store.datasets().len(),
         args.batch,
         windows,
-        args.half.as_deref().map(|h| format!(", {h} half")).unwrap_or_default()
+        args.half
+            .as_deref()
+            .map(|h| format!(", {h} half"))
+            .unwrap_or_default()
     );
-    let cfg = ReadConfig { batch_rows: args.batch, order, seed: data_seed, epochs, start_batch: 0, drop_last: false };
+    let cfg = ReadConfig {
+        batch_rows: args.batch,
+        order,
+        seed: data_seed,
+        epochs,
+        start_batch: 0,
+        drop_last: false,
+    };
     let bar = Progress::tokens(Some(total_steps * args.batch as u64), "train");
     let start = Instant::now();
     // Only the windows of the half asked for are read; the reader starts at the first batch
@@ -210,8 +237,17 @@ pub fn run(args: &Args) -> Result<()> {
         Some(false) => 0..mid,
         Some(true) => mid..windows,
     };
-    let cfg = ReadConfig { start_batch: done, ..cfg };
-    let mut feeder = Feeder { trainer: &mut trainer, bar: &bar, step: done, total: total_steps, batch: args.batch };
+    let cfg = ReadConfig {
+        start_batch: done,
+        ..cfg
+    };
+    let mut feeder = Feeder {
+        trainer: &mut trainer,
+        bar: &bar,
+        step: done,
+        total: total_steps,
+        batch: args.batch,
+    };
     if done < total_steps {
         for b in store.batches_of_windows(&cfg, range)? {
             if !feeder.feed(&b?)? {
@@ -224,7 +260,11 @@ pub fn run(args: &Args) -> Result<()> {
     let _ = std::fs::remove_dir_all(&ckpt);
     let secs = start.elapsed().as_secs_f64();
     let fed = trainer.steps_done().saturating_sub(done) * args.batch as u64;
-    tracing::info!("trained {} SAEs in {secs:.1} s ({:.0} tokens/s)", dirs.len(), fed as f64 / secs.max(1e-9));
+    tracing::info!(
+        "trained {} SAEs in {secs:.1} s ({:.0} tokens/s)",
+        dirs.len(),
+        fed as f64 / secs.max(1e-9)
+    );
     Ok(())
 }
 
@@ -239,7 +279,10 @@ fn half_rows(store: &Lockstep, second: bool) -> Result<u64> {
         rows += ds.window_rows(seq).map_or(0, |r| r.end - r.start);
     }
     if rows == 0 {
-        bail!("{}: too few windows ({windows}) to split into halves", ds.dir().display());
+        bail!(
+            "{}: too few windows ({windows}) to split into halves",
+            ds.dir().display()
+        );
     }
     Ok(rows)
 }
@@ -258,13 +301,16 @@ impl Feeder<'_> {
     /// Trains on one batch; returns whether more batches are wanted.
     fn feed(&mut self, b: &LockstepBatch) -> Result<bool> {
         self.step += 1;
-        let batches: Vec<Batch<'_>> = b
-            .xs
-            .iter()
-            .zip(&b.ds)
-            .enumerate()
-            .map(|(s, (xs, &d))| Batch { stream: s, width: d, rows: xs })
-            .collect();
+        let batches: Vec<Batch<'_>> =
+            b.xs.iter()
+                .zip(&b.ds)
+                .enumerate()
+                .map(|(s, (xs, &d))| Batch {
+                    stream: s,
+                    width: d,
+                    rows: xs,
+                })
+                .collect();
         let stats = self.trainer.step(&batches)?;
         self.bar.set(self.step * self.batch as u64);
         self.bar.message(format!(

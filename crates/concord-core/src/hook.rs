@@ -127,7 +127,7 @@ mod tests {
     fn check(input: &str, expected: Option<(usize, HookKind)>) {
         let got = input.parse::<HookName>().ok().map(|h| (h.layer, h.kind));
         assert_eq!(got, expected, "{input}");
-        if let Some(h) = input.parse::<HookName>().ok() {
+        if let Ok(h) = input.parse::<HookName>() {
             assert_eq!(h.to_string(), input);
         }
     }

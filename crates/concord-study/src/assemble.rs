@@ -32,13 +32,11 @@ pub fn load(plan: &Plan, run_dir: &Path) -> Result<Outputs> {
             p.step.clone(),
             fsutil::read_json(&step_dir(run_dir, &p.step).join("align.json"))?,
         );
-        if let Some(n) = &p.null {
-            if !null.contains_key(n) {
-                null.insert(
-                    n.clone(),
-                    fsutil::read_json(&step_dir(run_dir, n).join("null.json"))?,
-                );
-            }
+        if let Some(n) = p.null.as_ref().filter(|n| !null.contains_key(*n)) {
+            null.insert(
+                n.clone(),
+                fsutil::read_json(&step_dir(run_dir, n).join("null.json"))?,
+            );
         }
     }
     let mut eval = BTreeMap::new();
@@ -920,13 +918,16 @@ impl<'a> Ctx<'a> {
         // The L0-FVU frontier of every SAE, by architecture.
         let mut by_arch: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for (i, s) in self.plan.saes.iter().enumerate() {
-            if let Some(e) = self.out.eval.get(&i) {
-                if e.l0 > 0.0 && e.fvu.is_finite() {
-                    by_arch
-                        .entry(format!("{} ({})", s.arch, s.model))
-                        .or_default()
-                        .push((e.l0, e.fvu));
-                }
+            if let Some(e) = self
+                .out
+                .eval
+                .get(&i)
+                .filter(|e| e.l0 > 0.0 && e.fvu.is_finite())
+            {
+                by_arch
+                    .entry(format!("{} ({})", s.arch, s.model))
+                    .or_default()
+                    .push((e.l0, e.fvu));
             }
         }
         if !by_arch.is_empty() {

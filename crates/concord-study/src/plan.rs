@@ -209,7 +209,7 @@ pub struct Plan {
     pub evals: BTreeMap<usize, String>,
 }
 
-fn text(s: impl ToString) -> Arg {
+fn text(s: impl std::fmt::Display) -> Arg {
     Arg::Text(s.to_string())
 }
 
@@ -461,7 +461,6 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
         }
     }
 
-    let mut steps = steps;
     dedup(&mut steps);
     Plan {
         study: study.clone(),
@@ -772,7 +771,8 @@ ratios = [2, 4]
         assert_eq!(grid("seeds"), 2 * 4);
         assert_eq!(grid("halves"), 2);
         let pairs = |q: Question| p.pairs.iter().filter(|x| x.question == q).count();
-        assert_eq!(pairs(Question::Size), 3 + 3 * 1);
+        // The sizes grid: 3 pairs of ratios; lm3: one pair at each of its 3 layers.
+        assert_eq!(pairs(Question::Size), 3 + 3);
         // Per layer: 3 init-seed pairs and 1 data-seed pair.
         assert_eq!(pairs(Question::Seed), 2 * 4);
         assert_eq!(pairs(Question::Data), 1);

@@ -1,1 +1,30 @@
 //! Sparse autoencoder training and evaluation on libtorch.
+//!
+//! - [`Trainer`] trains a grid of SAEs ([`SaeSpec`]: architecture, width, seeds,
+//!   hyperparameters) from one pass over batches of rows `(batch, d_in)` that the caller reads
+//!   (this crate reads no store); checkpoints resume bitwise on CPU.
+//! - [`SaeModel`] encodes and decodes with a saved SAE; [`evaluate`] measures MSE, FVU, L0,
+//!   dead and dense features; [`SpliceMeter`] turns three forward passes into loss recovered
+//!   and KL.
+//! - [`load_saelens`] and [`load_dictionary_learning`] import the field's SAE files.
+
+mod checkpoint;
+mod error;
+mod eval;
+mod import;
+mod init;
+mod math;
+mod model;
+mod sparse;
+mod spec;
+mod trainer;
+
+pub use error::{Error, Result};
+pub use eval::{EvalReport, SpliceMeter, SpliceReport, evaluate};
+pub use import::{load_dictionary_learning, load_saelens};
+pub use init::init_weights;
+pub use model::{Activation, SaeModel};
+pub use spec::{
+    Arch, BDecInit, DataSeed, GridStream, Hyper, SaeSpec, TrainOptions, grid, parse_device,
+};
+pub use trainer::{Batch, CurvePoint, SaeStepStats, StepStats, Trainer};

@@ -1,3 +1,5 @@
 //! Integration tests of the `concord` command and of the workspace's layering.
 
+mod commands;
 mod layering;
+mod study;

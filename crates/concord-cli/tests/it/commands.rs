@@ -1,0 +1,275 @@
+//! The commands one by one: bad input gives a one-line error naming the file or value, a
+//! non-zero exit, and nothing that looks complete.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn concord(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(args)
+        .output()
+        .expect("concord runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/cache/corpus/shakespeare.jsonl")
+}
+
+#[track_caller]
+fn check_error(args: &[&str], expected: &str) {
+    let (ok, err) = concord(args);
+    assert!(!ok, "{args:?} succeeded");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(line.contains(expected), "{args:?}: {err}");
+}
+
+#[test]
+fn harvest_rejects_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("store");
+    let (out, corpus) = (out.to_str().unwrap(), corpus());
+    let corpus = corpus.to_str().unwrap();
+    check_error(
+        &[
+            "harvest",
+            "--model",
+            "minilm-l6",
+            "--hooks",
+            "blocks.1.hook_mlp",
+            "--corpus",
+            corpus,
+            "--out",
+            out,
+        ],
+        "blocks.1.hook_mlp",
+    );
+    check_error(
+        &[
+            "harvest",
+            "--model",
+            "minilm-l6",
+            "--hooks",
+            "blocks.9.hook_mlp_out",
+            "--corpus",
+            corpus,
+            "--out",
+            out,
+        ],
+        "9",
+    );
+    check_error(
+        &[
+            "harvest",
+            "--model",
+            "no-such-model",
+            "--hooks",
+            "blocks.1.hook_mlp_out",
+            "--corpus",
+            corpus,
+            "--out",
+            out,
+        ],
+        "no-such-model",
+    );
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    check_error(
+        &[
+            "harvest",
+            "--model",
+            "minilm-l6",
+            "--hooks",
+            "blocks.1.hook_mlp_out",
+            "--corpus",
+            empty.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+        "empty.txt",
+    );
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, b"caf\xe9\n").unwrap();
+    check_error(
+        &[
+            "harvest",
+            "--model",
+            "minilm-l6",
+            "--hooks",
+            "blocks.1.hook_mlp_out",
+            "--corpus",
+            bad.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+        "bad.txt",
+    );
+    // Nothing complete was left behind.
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if entry.path().is_dir() {
+            for hook in std::fs::read_dir(entry.path()).unwrap().flatten() {
+                let manifest = hook.path().join("manifest.json");
+                if let Ok(text) = std::fs::read_to_string(&manifest) {
+                    assert!(
+                        !text.contains("\"complete\": true"),
+                        "{}",
+                        manifest.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn harvest_train_eval_align_on_a_small_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let saes = dir.path().join("saes");
+    let (store_s, saes_s, corpus) = (store.to_str().unwrap(), saes.to_str().unwrap(), corpus());
+    let corpus = corpus.to_str().unwrap();
+    let (ok, err) = concord(&[
+        "harvest",
+        "--model",
+        "minilm-l6",
+        "--hooks",
+        "blocks.1.hook_mlp_out,blocks.2.hook_resid_post",
+        "--corpus",
+        corpus,
+        "--out",
+        store_s,
+        "--docs",
+        "6",
+        "--context-len",
+        "64",
+    ]);
+    assert!(ok, "{err}");
+    let acts = format!(
+        "{0}/blocks.1.hook_mlp_out,{0}/blocks.2.hook_resid_post",
+        store_s
+    );
+    let (ok, err) = concord(&[
+        "train",
+        "--acts",
+        &acts,
+        "--arch",
+        "topk",
+        "--k",
+        "8",
+        "--ratio",
+        "1,2",
+        "--init-seed",
+        "0,1",
+        "--batch",
+        "128",
+        "--tokens",
+        "512",
+        "--out",
+        saes_s,
+    ]);
+    assert!(ok, "{err}");
+    let sae = |hook: &str, r: u32, i: u32| saes.join(format!("{hook}-topk-x{r}-i{i}-d0"));
+    let a = sae("blocks.1.hook_mlp_out", 1, 0);
+    let b = sae("blocks.1.hook_mlp_out", 2, 1);
+    assert!(
+        a.join("cfg.json").exists()
+            && sae("blocks.2.hook_resid_post", 2, 1)
+                .join("sae_weights.safetensors")
+                .exists()
+    );
+    let hook1 = store.join("blocks.1.hook_mlp_out");
+    let eval = dir.path().join("eval.json");
+    let (ok, err) = concord(&[
+        "eval",
+        "--sae",
+        a.to_str().unwrap(),
+        "--acts",
+        hook1.to_str().unwrap(),
+        "--out",
+        eval.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    assert!(
+        (e["l0"].as_f64().unwrap() - 8.0).abs() < 1e-6,
+        "TopK L0 is k: {e}"
+    );
+    assert!(e["fvu"].as_f64().unwrap() > 0.0);
+    let json = dir.path().join("align.json");
+    let matches = dir.path().join("matches.parquet");
+    let (ok, err) = concord(&[
+        "align",
+        "--a",
+        a.to_str().unwrap(),
+        "--b",
+        b.to_str().unwrap(),
+        "--acts-a",
+        hook1.to_str().unwrap(),
+        "--acts-b",
+        hook1.to_str().unwrap(),
+        "--null",
+        "2",
+        "--matches",
+        matches.to_str().unwrap(),
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for dir in ["decoder", "encoder"] {
+        let m = &v["matching"][dir];
+        assert!(
+            m["optimal"].as_bool().unwrap() && m["shared"]["0.7"].is_number(),
+            "{v}"
+        );
+        assert!(v["mmcs"][dir]["a_to_b"].as_f64().unwrap() > 0.0);
+    }
+    assert!(
+        v["correlation"]["centred"]["a_to_b"].is_number() && v["null"]["isotropic"].is_object()
+    );
+    let table = concord_store::Table::read(&matches).unwrap();
+    assert_eq!(
+        table.rows(),
+        384,
+        "one match per feature of the smaller SAE"
+    );
+    // Widths that disagree are refused.
+    let other = sae("blocks.2.hook_resid_post", 1, 0);
+    let hook2 = store.join("blocks.2.hook_resid_post");
+    check_error(
+        &[
+            "eval",
+            "--sae",
+            a.to_str().unwrap(),
+            "--acts",
+            store.join("missing").to_str().unwrap(),
+        ],
+        "missing",
+    );
+    let (ok, _) = concord(&[
+        "eval",
+        "--sae",
+        other.to_str().unwrap(),
+        "--acts",
+        hook2.to_str().unwrap(),
+        "--out",
+        eval.to_str().unwrap(),
+    ]);
+    assert!(ok);
+    // A train output is not mixed with other settings.
+    check_error(
+        &[
+            "train", "--acts", &acts, "--arch", "topk", "--k", "4", "--ratio", "1", "--tokens",
+            "256", "--out", saes_s,
+        ],
+        "other settings",
+    );
+}

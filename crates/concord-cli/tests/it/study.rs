@@ -1,0 +1,127 @@
+//! The study end to end: a tiny study through every step kind to its report, then a rerun
+//! that finds everything done.
+
+use std::path::Path;
+use std::process::Command;
+
+use concord_store::Table;
+
+fn concord(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(args)
+        .output()
+        .expect("concord runs")
+}
+
+#[test]
+fn tiny_study_runs_to_its_report_and_reruns_for_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().to_str().unwrap();
+    let study = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny.toml");
+    let study = study.to_str().unwrap();
+    let out = concord(&["reproduce", "--study", study, "--runs", runs]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = dir.path().join("tiny/report");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let figures = html.matches("<figure").count();
+    assert!(figures >= 8, "{figures} figures");
+    assert_eq!(
+        figures,
+        html.matches("<svg").count(),
+        "every figure is an inline SVG"
+    );
+    assert!(
+        html.contains("Findings") && html.contains("Pythia"),
+        "findings and the dedup caveat"
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("## Findings"));
+    let results = Table::read(&report.join("results.parquet")).unwrap();
+    assert!(results.rows() >= 10, "{} rows", results.rows());
+    for column in [
+        "question",
+        "a",
+        "b",
+        "mmcs_decoder_a_to_b",
+        "corr_centred_a_to_b",
+        "null_analytic_max_cos_a_to_b",
+    ] {
+        assert!(
+            results.column(column).is_some(),
+            "results.parquet lacks {column}"
+        );
+    }
+    assert!(dir.path().join("tiny/log.txt").exists());
+
+    // A second run does nothing but rebuild the report.
+    let logs = std::fs::read_dir(dir.path().join("tiny/logs"))
+        .unwrap()
+        .count();
+    let again = concord(&["reproduce", "--study", study, "--runs", runs]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let log = std::fs::read_to_string(dir.path().join("tiny/log.txt")).unwrap();
+    assert_eq!(
+        log.matches("running ").count(),
+        logs,
+        "the rerun ran no step"
+    );
+    assert_eq!(
+        std::fs::read_to_string(report.join("index.html")).unwrap(),
+        html,
+        "same report"
+    );
+}
+
+#[test]
+fn invalid_studies_fail_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny.toml"))
+            .unwrap();
+    std::fs::write(
+        &bad,
+        text.replace(
+            "layers = [1, 2]\nbatch = 8\n\n[models.enc]",
+            "layers = [1, 99]\nbatch = 8\n\n[models.enc]",
+        ),
+    )
+    .unwrap();
+    let out = concord(&[
+        "reproduce",
+        "--study",
+        bad.to_str().unwrap(),
+        "--runs",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("layer 99"),
+        "{err}"
+    );
+    assert!(!dir.path().join("tiny").exists(), "nothing ran");
+    let out = concord(&["reproduce", "--study", "no-such-study"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown study"));
+}
+
+#[test]
+fn dry_run_prints_the_plan_with_estimates() {
+    let out = concord(&["reproduce", "--study", "quick", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains("study quick") && plan.contains("estimate"),
+        "{plan}"
+    );
+}

@@ -1,0 +1,98 @@
+//! Loaders: name resolution, and clear errors on missing, truncated or corrupt files.
+
+use concord_models::gguf::Gguf;
+use concord_models::{Error, LoadOptions, Model, ModelSource, resolve};
+
+use crate::support::{data_dir, goldens, tmp_file};
+
+#[test]
+fn resolves_builtin_names_paths_and_refuses_unknown_ones() {
+    let smol = resolve("smollm2-135m", &data_dir()).unwrap();
+    assert!(
+        matches!(smol, ModelSource::Gguf(ref p) if p.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    );
+    assert!(matches!(
+        resolve("minilm-l6", &data_dir()).unwrap(),
+        ModelSource::HfFolder(_)
+    ));
+    let folder = goldens().join("tiny-neox");
+    assert_eq!(
+        resolve(folder.to_str().unwrap(), &data_dir()).unwrap(),
+        ModelSource::HfFolder(folder)
+    );
+    let err = resolve("no-such-model", &data_dir())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no-such-model") && err.contains("built-in"),
+        "{err}"
+    );
+}
+
+#[test]
+fn smollm2_gguf_header_reads_as_llama() {
+    let path = match resolve("smollm2-135m", &data_dir()).unwrap() {
+        ModelSource::Gguf(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let g = Gguf::open(&path).unwrap();
+    assert_eq!(g.tensors.len(), 272);
+    assert_eq!(g.tensors["blk.0.attn_k.weight"].shape, vec![192, 576]);
+    let norm = g.dequantize("blk.0.attn_norm.weight").unwrap();
+    assert_eq!(norm.size(), vec![576]);
+    let k = g.dequantize("blk.0.attn_k.weight").unwrap();
+    assert_eq!(k.size(), vec![192, 576]);
+}
+
+#[test]
+fn truncated_and_corrupt_gguf_files_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = match resolve("smollm2-135m", &data_dir()).unwrap() {
+        ModelSource::Gguf(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    // Cut inside the metadata, and inside the tensor data.
+    for (name, len) in [("meta.gguf", 100_000), ("data.gguf", 2_000_000)] {
+        let cut = tmp_file(tmp.path(), name, &bytes[..len]);
+        let err = Model::load(&ModelSource::Gguf(cut.clone()), LoadOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Gguf { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(name) && msg.contains("truncated"), "{msg}");
+    }
+    let junk = tmp_file(tmp.path(), "junk.gguf", b"NOPE0000");
+    let err = Gguf::open(&junk).unwrap_err().to_string();
+    assert!(err.contains("junk.gguf") && err.contains("magic"), "{err}");
+}
+
+#[test]
+fn missing_and_corrupt_folder_files_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = goldens().join("tiny-neox");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let source = ModelSource::HfFolder(tmp.path().to_owned());
+    let err = Model::load(&source, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("safetensors"), "{err}");
+    let weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    tmp_file(
+        tmp.path(),
+        "model.safetensors",
+        &weights[..weights.len() / 2],
+    );
+    let err = Model::load(&source, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("invalid safetensors"),
+        "{err}"
+    );
+    std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
+    let err = Model::load(&source, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+}

@@ -1,0 +1,342 @@
+//! Corpus readers: documents of a `.txt`, `.jsonl` or `.parquet` file, in file order,
+//! streamed with bounded memory (one document, or one parquet batch of 1,024 documents).
+//!
+//! - `.txt`: documents are separated by blank lines (lines empty or holding only
+//!   whitespace); a document is its lines joined by `\n`, each line without its `\n` or
+//!   `\r\n` terminator. Runs of blank lines, and blank lines at the start or end, separate
+//!   nothing: a text file has no empty documents.
+//! - `.jsonl` (also `.json`, `.ndjson`): one JSON object per line with a string field `text`;
+//!   other fields are ignored, blank lines are skipped, an empty `text` is an (empty) document.
+//! - `.parquet`: a column `text` (string, large string or string view); a null is an error.
+//!
+//! A UTF-8 byte-order mark at the start of a text or JSON-lines file is skipped. A document's
+//! index is its number in file order, counting from 0. Byte spans in the store
+//! are offsets into exactly the text these readers return.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, LargeStringArray, StringArray, StringViewArray};
+use arrow::datatypes::DataType;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+use crate::{Error, Result};
+
+/// The formats a corpus file can have, chosen by its extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CorpusFormat {
+    /// `.txt`: documents separated by blank lines.
+    Text,
+    /// `.jsonl`, `.json`, `.ndjson`: a `text` field per line.
+    JsonLines,
+    /// `.parquet`: a `text` column.
+    Parquet,
+}
+
+impl CorpusFormat {
+    /// The format of `path`, by extension.
+    pub fn of(path: &Path) -> Option<CorpusFormat> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "txt" | "text" => Some(CorpusFormat::Text),
+            "jsonl" | "json" | "ndjson" => Some(CorpusFormat::JsonLines),
+            "parquet" => Some(CorpusFormat::Parquet),
+            _ => None,
+        }
+    }
+}
+
+/// One document of a corpus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Document {
+    /// Its number in file order, from 0.
+    pub index: u64,
+    pub text: String,
+}
+
+/// A corpus file.
+///
+/// ```no_run
+/// # fn main() -> concord_store::Result<()> {
+/// let corpus = concord_store::Corpus::open("data/cache/corpus/shakespeare.jsonl".as_ref())?;
+/// let sha = corpus.sha256()?; // for the manifest
+/// for doc in corpus.documents()?.take(100) {
+///     let doc = doc?; // errors name the file and line or row
+/// #   let _ = (doc.index, doc.text, &sha);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    path: PathBuf,
+    format: CorpusFormat,
+}
+
+impl Corpus {
+    /// Opens `path`, checking its format and that it holds at least one document.
+    pub fn open(path: &Path) -> Result<Corpus> {
+        let format = CorpusFormat::of(path).ok_or_else(|| Error::CorpusFormat {
+            path: path.to_owned(),
+        })?;
+        let corpus = Corpus {
+            path: path.to_owned(),
+            format,
+        };
+        match corpus.documents()?.next() {
+            None => Err(Error::EmptyCorpus {
+                path: path.to_owned(),
+            }),
+            Some(Err(e)) => Err(e),
+            Some(Ok(_)) => Ok(corpus),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> CorpusFormat {
+        self.format
+    }
+
+    /// The sha256 (hex) of the file's bytes.
+    pub fn sha256(&self) -> Result<String> {
+        Ok(concord_core::fsutil::sha256_file(&self.path)?)
+    }
+
+    /// The documents in file order; the iterator ends after the first error.
+    pub fn documents(&self) -> Result<Documents> {
+        let path = self.path.clone();
+        let source = match self.format {
+            CorpusFormat::Text | CorpusFormat::JsonLines => {
+                let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+                Source::Lines {
+                    reader: BufReader::with_capacity(1 << 16, file),
+                    line: 0,
+                    buf: Vec::new(),
+                }
+            }
+            CorpusFormat::Parquet => {
+                let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+                let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                    .map_err(|e| Error::parquet(&path, e))?;
+                let fields = builder.schema().fields();
+                let Some(col) = fields.iter().position(|f| f.name() == "text") else {
+                    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+                    return Err(Error::Schema {
+                        path,
+                        reason: format!("no \"text\" column (columns: {})", names.join(", ")),
+                    });
+                };
+                let ty = fields[col].data_type();
+                if !matches!(
+                    ty,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) {
+                    return Err(Error::Schema {
+                        path,
+                        reason: format!("column \"text\" is {ty}, not a string"),
+                    });
+                }
+                let mask = ProjectionMask::roots(builder.parquet_schema(), [col]);
+                let reader = builder
+                    .with_projection(mask)
+                    .with_batch_size(1024)
+                    .build()
+                    .map_err(|e| Error::parquet(&path, e))?;
+                Source::Parquet {
+                    reader,
+                    batch: Vec::new(),
+                    next: 0,
+                }
+            }
+        };
+        Ok(Documents {
+            path,
+            format: self.format,
+            source,
+            index: 0,
+            done: false,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Source {
+    Lines {
+        reader: BufReader<File>,
+        line: u64,
+        buf: Vec<u8>,
+    },
+    Parquet {
+        reader: ParquetRecordBatchReader,
+        batch: Vec<Option<String>>,
+        next: usize,
+    },
+}
+
+/// The documents of a [`Corpus`], streamed.
+#[derive(Debug)]
+pub struct Documents {
+    path: PathBuf,
+    format: CorpusFormat,
+    source: Source,
+    index: u64,
+    done: bool,
+}
+
+/// The JSON-lines record: only `text` is looked at.
+#[derive(serde::Deserialize)]
+struct JsonLine {
+    text: Option<serde_json::Value>,
+}
+
+impl Documents {
+    /// Reads the next line without its terminator; `None` at the end of the file.
+    fn next_line(&mut self) -> Result<Option<(u64, String)>> {
+        let Source::Lines { reader, line, buf } = &mut self.source else {
+            unreachable!("only line formats read lines")
+        };
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', buf)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        *line += 1;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        let mut text = String::from_utf8(std::mem::take(buf)).map_err(|_| Error::InvalidUtf8 {
+            path: self.path.clone(),
+            line: *line,
+        })?;
+        if *line == 1 && text.starts_with('\u{feff}') {
+            // A byte-order mark is not text.
+            text.drain(..3);
+        }
+        Ok(Some((*line, text)))
+    }
+
+    fn next_text(&mut self) -> Result<Option<String>> {
+        let mut doc: Option<String> = None;
+        while let Some((_, line)) = self.next_line()? {
+            if line.trim().is_empty() {
+                if doc.is_some() {
+                    break;
+                }
+                continue;
+            }
+            match &mut doc {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(&line);
+                }
+                None => doc = Some(line),
+            }
+        }
+        Ok(doc)
+    }
+
+    fn next_json(&mut self) -> Result<Option<String>> {
+        while let Some((line, text)) = self.next_line()? {
+            if text.trim().is_empty() {
+                continue;
+            }
+            let bad = |reason: String| Error::BadLine {
+                path: self.path.clone(),
+                line,
+                reason,
+            };
+            let record: JsonLine = serde_json::from_str(&text)
+                .map_err(|e| bad(format!("not a JSON object with a \"text\" field: {e}")))?;
+            return match record.text {
+                Some(serde_json::Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(bad(format!("field \"text\" is not a string: {other}"))),
+                None => Err(bad("no \"text\" field".into())),
+            };
+        }
+        Ok(None)
+    }
+
+    fn next_parquet(&mut self) -> Result<Option<String>> {
+        let Source::Parquet {
+            reader,
+            batch,
+            next,
+        } = &mut self.source
+        else {
+            unreachable!("only parquet reads batches")
+        };
+        while *next == batch.len() {
+            let Some(rb) = reader.next() else {
+                return Ok(None);
+            };
+            let rb = rb.map_err(|e| Error::arrow(&self.path, e))?;
+            let col = rb.column(0);
+            let any = col.as_any();
+            *batch = if let Some(a) = any.downcast_ref::<StringArray>() {
+                a.iter().map(|s| s.map(str::to_owned)).collect()
+            } else if let Some(a) = any.downcast_ref::<LargeStringArray>() {
+                a.iter().map(|s| s.map(str::to_owned)).collect()
+            } else if let Some(a) = any.downcast_ref::<StringViewArray>() {
+                a.iter().map(|s| s.map(str::to_owned)).collect()
+            } else {
+                return Err(Error::Schema {
+                    path: self.path.clone(),
+                    reason: format!("column \"text\" is {}", col.data_type()),
+                });
+            };
+            *next = 0;
+        }
+        let text = batch[*next].take();
+        *next += 1;
+        match text {
+            Some(t) => Ok(Some(t)),
+            None => Err(Error::BadRow {
+                path: self.path.clone(),
+                row: self.index,
+                reason: "\"text\" is null".into(),
+            }),
+        }
+    }
+}
+
+impl Iterator for Documents {
+    type Item = Result<Document>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let text = match self.format {
+            CorpusFormat::Text => self.next_text(),
+            CorpusFormat::JsonLines => self.next_json(),
+            CorpusFormat::Parquet => self.next_parquet(),
+        };
+        match text {
+            Ok(Some(text)) => {
+                let doc = Document {
+                    index: self.index,
+                    text,
+                };
+                self.index += 1;
+                Some(Ok(doc))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,762 @@
+//! The forward and hand-written backward pass of every architecture, and the Adam update.
+//!
+//! Gradients are written out rather than taken from autograd: it saves one of the six
+//! `(batch, d_in, d_sae)` products autograd would run (the gradient reaching `b_dec` through
+//! the encoder is `-(sum_b g_pre) W_enc^T`, a vector-matrix product), builds no graph, and
+//! keeps every temporary under our control. A unit test checks each architecture's gradients
+//! against autograd.
+
+use tch::{Kind, Tensor};
+
+use crate::Result;
+use crate::sparse::{self, Codes};
+use crate::spec::{Arch, Hyper};
+
+/// The trainable tensors of one SAE, in SAELens orientation.
+#[derive(Debug)]
+pub(crate) struct Params {
+    /// `(d_in, d_sae)`.
+    pub w_enc: Tensor,
+    /// `(d_sae)`.
+    pub b_enc: Tensor,
+    /// `(d_sae, d_in)`; rows are feature directions (raw, normalised at use, for the faithful
+    /// architecture; unit norm for the others).
+    pub w_dec: Tensor,
+    /// `(d_in)`.
+    pub b_dec: Tensor,
+}
+
+impl Params {
+    pub fn as_array(&self) -> [&Tensor; 4] {
+        [&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec]
+    }
+    pub fn as_array_mut(&mut self) -> [&mut Tensor; 4] {
+        [
+            &mut self.w_enc,
+            &mut self.b_enc,
+            &mut self.w_dec,
+            &mut self.b_dec,
+        ]
+    }
+}
+
+/// What one forward/backward pass of one SAE on one batch yields.
+#[derive(Debug)]
+pub(crate) struct Pass {
+    /// `(3)`: loss, mse (mean over elements), L0 (mean active features per row).
+    pub stats: Tensor,
+    /// Gradients of the loss, in [`Params`] order and shapes.
+    pub grads: [Tensor; 4],
+    /// `(d_sae)` bool: features active on at least one row.
+    pub fired: Tensor,
+    /// `()`: BatchTopK's smallest kept activation (for its inference threshold).
+    pub min_kept: Option<Tensor>,
+}
+
+/// The per-step knobs a schedule sets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepKnobs {
+    pub l1: f64,
+    /// Codes denser than this run the dense decoder path (libtorch GEMMs); sparser codes on
+    /// the CPU run the kernels of [`crate::sparse`].
+    pub sparse_max_density: f64,
+}
+
+fn sum0(t: &Tensor) -> Result<Tensor> {
+    Ok(t.f_sum_dim_intlist(0i64, false, Kind::Float)?)
+}
+
+/// Row norms of `w (rows, cols)` as `(rows, 1)`, clamped like `F.normalize` (eps 1e-12).
+pub(crate) fn row_norms(w: &Tensor) -> Result<Tensor> {
+    Ok(w.f_square()?
+        .f_sum_dim_intlist(1i64, true, Kind::Float)?
+        .f_sqrt()?
+        .f_clamp_min(1e-12)?)
+}
+
+/// The gradient pieces a decoder path returns.
+struct Tail {
+    /// `()`: the loss beyond the MSE (L1 term, or AuxK loss).
+    extra: Tensor,
+    mse: Tensor,
+    /// `(d_sae)` f32: rows on which each feature is active.
+    counts: Tensor,
+    /// `(d_in)`: gradient of `b_dec` through the decoder.
+    g_b_dec: Tensor,
+    /// `(d_sae, d_in)`: gradient of the effective decoder (normalised, for the faithful SAE).
+    g_wdec: Tensor,
+    /// `(d_in, d_sae)`.
+    g_w_enc: Tensor,
+    /// `(d_sae)`.
+    g_b_enc: Tensor,
+}
+
+/// Forward and backward pass of one SAE on `xs (batch, d_in)`. `b_dec` may be a replacement
+/// for `p.b_dec` (its first-batch initialisation). `dead (d_sae)` marks dead features for AuxK.
+pub(crate) fn pass(
+    arch: Arch,
+    hyper: &Hyper,
+    p: &Params,
+    b_dec: &Tensor,
+    xs: &Tensor,
+    knobs: StepKnobs,
+    dead: Option<&Tensor>,
+) -> Result<Pass> {
+    let batch = xs.size()[0];
+    let d_sae = p.w_enc.size()[1];
+    let xc = xs.f_sub(b_dec)?;
+    // `acts` is ReLU(pre), computed in place: every architecture selects from it.
+    let mut acts = p.b_enc.f_addmm(&xc, &p.w_enc)?;
+    let _ = acts.f_relu_()?;
+    let norms = if arch == Arch::ReluL1Faithful {
+        Some(row_norms(&p.w_dec)?)
+    } else {
+        None
+    };
+    let w_dec = match &norms {
+        Some(n) => p.w_dec.f_div(n)?,
+        None => p.w_dec.shallow_clone(),
+    };
+    let cpu = xs.device() == tch::Device::Cpu;
+    let k = hyper.k.unwrap_or(1) as i64;
+    let mut min_kept = None;
+    let aux_dead = dead.filter(|_| hyper.auxk_alpha > 0.0);
+    let l1 = if arch.uses_k() { None } else { Some(knobs.l1) };
+    let tail = match arch {
+        Arch::ReluL1Faithful | Arch::ReluL1 => match cpu_f32_slice(&acts) {
+            Some(dense) => {
+                // One pass counts the active entries per feature; sparse enough codes are
+                // then gathered into CSR from the same memory.
+                let (counts, l1_sum) = sparse::column_stats(dense, d_sae as usize);
+                let nnz: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+                if (nnz as f64) < knobs.sparse_max_density * (batch * d_sae) as f64 {
+                    let codes = Codes::from_dense(dense, d_sae as usize);
+                    sparse_tail(&codes, None, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+                } else {
+                    let counts: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
+                    let counts = Tensor::f_from_slice(&counts)?;
+                    dense_tail(
+                        &acts,
+                        Some((counts, l1_sum)),
+                        None,
+                        xs,
+                        &xc,
+                        &w_dec,
+                        b_dec,
+                        l1,
+                        hyper,
+                        p,
+                    )?
+                }
+            }
+            None => dense_tail(&acts, None, None, xs, &xc, &w_dec, b_dec, l1, hyper, p)?,
+        },
+        Arch::TopK => {
+            let (vals, idx) = acts.f_topk(k, 1, true, false)?;
+            let aux = match aux_dead {
+                Some(dead) => aux_select(&acts, dead, xs.size()[1])?,
+                None => None,
+            };
+            if cpu && (k as f64) < knobs.sparse_max_density * d_sae as f64 {
+                let codes =
+                    Codes::from_topk(&to_i64(&idx)?, &to_f32(&vals)?, k as usize, d_sae as usize);
+                let aux = match aux {
+                    Some((av, ai, scale)) => {
+                        let ka = ai.size()[1] as usize;
+                        Some((
+                            Codes::from_topk(&to_i64(&ai)?, &to_f32(&av)?, ka, d_sae as usize),
+                            scale,
+                        ))
+                    }
+                    None => None,
+                };
+                sparse_tail(&codes, aux.as_ref(), xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+            } else {
+                let cs = acts.f_zeros_like()?.f_scatter(1, &idx, &vals)?;
+                let aux = match aux {
+                    Some((av, ai, scale)) => {
+                        Some((acts.f_zeros_like()?.f_scatter(1, &ai, &av)?, scale))
+                    }
+                    None => None,
+                };
+                dense_tail(&cs, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+            }
+        }
+        Arch::BatchTopK => {
+            let flat = acts.f_view([-1])?;
+            let (vals, idx) = flat.f_topk(k * batch, 0, true, false)?;
+            // The smallest kept positive activation: zeros kept when too few are positive
+            // must not drag the threshold to zero.
+            let pos = vals.f_where_scalarother(&vals.f_gt(0.0)?, f64::INFINITY)?;
+            min_kept = Some(pos.f_min()?);
+            let aux = match aux_dead {
+                Some(dead) => aux_select(&acts, dead, xs.size()[1])?,
+                None => None,
+            };
+            if cpu && (k as f64) < knobs.sparse_max_density * d_sae as f64 {
+                let codes = Codes::from_flat(
+                    &to_i64(&idx)?,
+                    &to_f32(&vals)?,
+                    batch as usize,
+                    d_sae as usize,
+                );
+                let aux = match aux {
+                    Some((av, ai, scale)) => {
+                        let ka = ai.size()[1] as usize;
+                        Some((
+                            Codes::from_topk(&to_i64(&ai)?, &to_f32(&av)?, ka, d_sae as usize),
+                            scale,
+                        ))
+                    }
+                    None => None,
+                };
+                sparse_tail(&codes, aux.as_ref(), xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+            } else {
+                let cs = flat
+                    .f_zeros_like()?
+                    .f_scatter(0, &idx, &vals)?
+                    .f_view([batch, d_sae])?;
+                let aux = match aux {
+                    Some((av, ai, scale)) => {
+                        Some((acts.f_zeros_like()?.f_scatter(1, &ai, &av)?, scale))
+                    }
+                    None => None,
+                };
+                dense_tail(&cs, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+            }
+        }
+    };
+    let Tail {
+        extra,
+        mse,
+        counts,
+        mut g_b_dec,
+        g_wdec,
+        g_w_enc,
+        g_b_enc,
+    } = tail;
+    // b_dec also enters through `xc = xs - b_dec`: its gradient there is -(sum_b g_pre) W_enc^T.
+    let through_enc = g_b_enc
+        .f_unsqueeze(0)?
+        .f_mm(&p.w_enc.f_tr()?)?
+        .f_squeeze_dim(0)?;
+    let _ = g_b_dec.f_sub_(&through_enc)?;
+    let g_w_dec = match &norms {
+        // d/dW of W / |W| (row-wise): (G - Wn * <G, Wn>) / |W|.
+        Some(n) => {
+            let dot = g_wdec
+                .f_mul(&w_dec)?
+                .f_sum_dim_intlist(1i64, true, Kind::Float)?;
+            g_wdec.f_sub(&w_dec.f_mul(&dot)?)?.f_div(n)?
+        }
+        // Unit-norm decoder: remove the gradient component parallel to each row.
+        None => {
+            let dot = g_wdec
+                .f_mul(&p.w_dec)?
+                .f_sum_dim_intlist(1i64, true, Kind::Float)?;
+            g_wdec.f_sub(&p.w_dec.f_mul(&dot)?)?
+        }
+    };
+    let l0 = counts.f_sum(Kind::Float)?.f_div_scalar(batch as f64)?;
+    let fired = counts.f_gt(0.0)?;
+    let loss = mse.f_add(&extra)?;
+    let stats = Tensor::f_stack(&[loss, mse, l0], 0)?;
+    Ok(Pass {
+        stats,
+        grads: [g_w_enc, g_b_enc, g_w_dec, g_b_dec],
+        fired,
+        min_kept,
+    })
+}
+
+fn to_i64(t: &Tensor) -> Result<Vec<i64>> {
+    Ok(Vec::try_from(&t.f_contiguous()?.f_view([-1])?)?)
+}
+
+fn to_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::try_from(&t.f_contiguous()?.f_view([-1])?)?)
+}
+
+/// AuxK's selection (Gao et al. 2024): the top `k_aux = min(d_in / 2, dead)` activations
+/// among dead features, `(batch, k_aux)` values and indices, with the loss scale
+/// `min(dead / (d_in / 2), 1)`. `None` when no feature is dead.
+fn aux_select(acts: &Tensor, dead: &Tensor, d_in: i64) -> Result<Option<(Tensor, Tensor, f64)>> {
+    let num_dead = dead.f_sum(Kind::Int64)?.int64_value(&[]);
+    if num_dead == 0 {
+        return Ok(None);
+    }
+    let half = (d_in / 2).max(1);
+    let scale = (num_dead as f64 / half as f64).min(1.0);
+    let (vals, idx) = acts
+        .f_mul(dead)?
+        .f_topk(half.min(num_dead), 1, true, false)?;
+    Ok(Some((vals, idx, scale)))
+}
+
+/// The decoder path on libtorch GEMMs: `cs (batch, d_sae)` dense codes; `aux` the dense AuxK
+/// codes and their scale. The AuxK loss is `alpha * scale * mean((e_hat - r)^2)` with
+/// `e_hat = aux W_dec` and `r = xs - x_hat` (gradient stopped).
+#[allow(clippy::too_many_arguments)]
+fn dense_tail(
+    cs: &Tensor,
+    // Per-feature active counts and the codes' L1 sum, when the caller has them.
+    stats: Option<(Tensor, f64)>,
+    aux: Option<(Tensor, f64)>,
+    xs: &Tensor,
+    xc: &Tensor,
+    w_dec: &Tensor,
+    b_dec: &Tensor,
+    l1: Option<f64>,
+    hyper: &Hyper,
+    p: &Params,
+) -> Result<Tail> {
+    let (batch, d_in) = (xs.size()[0], xs.size()[1]);
+    let d_sae = cs.size()[1];
+    let x_hat = b_dec.f_addmm(cs, w_dec)?;
+    let err = x_hat.f_sub(xs)?;
+    let flat = err.f_view([-1])?;
+    let mse = flat.f_dot(&flat)?.f_div_scalar((batch * d_in) as f64)?;
+    let (counts, l1_sum) = match stats {
+        Some((c, s)) => (c, Some(s)),
+        // Codes are non-negative: the column sums of their signs count active rows.
+        None => (sum0(&cs.f_sign()?)?, None),
+    };
+    let g_xhat = err.f_mul_scalar(2.0 / (batch * d_in) as f64)?;
+    let g_b_dec = sum0(&g_xhat)?;
+    let mut g_wdec = cs.f_tr()?.f_mm(&g_xhat)?;
+    // The L1 term's gradient (a constant l1 / batch on active codes) rides in the GEMM's bias.
+    let c = l1.map_or(0.0, |l1| l1 / batch as f64);
+    let base = Tensor::f_full([d_sae], c, (Kind::Float, xs.device()))?;
+    let mut g_cs = base.f_addmm(&g_xhat, &w_dec.f_tr()?)?;
+    // On the CPU, ReLU's backward and the bias gradient are one pass in place.
+    let fused = match (
+        aux.is_none(),
+        cpu_f32_slice(cs),
+        cpu_f32_slice_mut(&mut g_cs),
+    ) {
+        (true, Some(a), Some(g)) => Some(sparse::relu_backward_column_sums(g, a, d_sae as usize)),
+        _ => None,
+    };
+    let mut g_pre = match fused {
+        Some(_) => g_cs,
+        None => cs.f_threshold_backward(&g_cs, 0.0)?,
+    };
+    let extra = match (l1, aux) {
+        (Some(l1), _) => match l1_sum {
+            Some(sum) => Tensor::f_from_slice(&[(sum * l1 / batch as f64) as f32])?.f_view([])?,
+            None => cs.f_sum(Kind::Float)?.f_mul_scalar(l1 / batch as f64)?,
+        },
+        (None, Some((acts, scale))) => {
+            let e_hat = acts.f_mm(&p.w_dec)?;
+            let diff = e_hat.f_add(&err)?;
+            let coef = hyper.auxk_alpha * scale;
+            let df = diff.f_view([-1])?;
+            let loss = df.f_dot(&df)?.f_mul_scalar(coef / (batch * d_in) as f64)?;
+            let g_ehat = diff.f_mul_scalar(coef * 2.0 / (batch * d_in) as f64)?;
+            g_wdec = g_wdec.f_add(&acts.f_tr()?.f_mm(&g_ehat)?)?;
+            let g_acts = acts.f_threshold_backward(&g_ehat.f_mm(&p.w_dec.f_tr()?)?, 0.0)?;
+            g_pre = g_pre.f_add(&g_acts)?;
+            loss
+        }
+        (None, None) => Tensor::f_zeros([], (Kind::Float, xs.device()))?,
+    };
+    let g_b_enc = match fused {
+        Some(sums) => Tensor::f_from_slice(&sums)?,
+        None => sum0(&g_pre)?,
+    };
+    let g_w_enc = xc.f_tr()?.f_mm(&g_pre)?;
+    Ok(Tail {
+        extra,
+        mse,
+        counts,
+        g_b_dec,
+        g_wdec,
+        g_w_enc,
+        g_b_enc,
+    })
+}
+
+/// The decoder path on the sparse CPU kernels (same math as [`dense_tail`]).
+#[allow(clippy::too_many_arguments)]
+fn sparse_tail(
+    codes: &Codes,
+    aux: Option<&(Codes, f64)>,
+    xs: &Tensor,
+    xc: &Tensor,
+    w_dec: &Tensor,
+    b_dec: &Tensor,
+    l1: Option<f64>,
+    hyper: &Hyper,
+    p: &Params,
+) -> Result<Tail> {
+    let (batch, d_in) = (xs.size()[0], xs.size()[1]);
+    let (b, d, n) = (batch as usize, d_in as usize, codes.n);
+    let dev = xs.device();
+    let w: Vec<f32> = to_f32(w_dec)?;
+    let x: Vec<f32> = to_f32(xs)?;
+    let xcv: Vec<f32> = to_f32(xc)?;
+    let bias: Vec<f32> = to_f32(b_dec)?;
+    let mut x_hat = codes.decode(&w, d);
+    for row in x_hat.chunks_exact_mut(d) {
+        row.iter_mut().zip(&bias).for_each(|(o, b)| *o += b);
+    }
+    let err: Vec<f32> = x_hat.iter().zip(&x).map(|(h, x)| h - x).collect();
+    let inv = 2.0 / (b * d) as f32;
+    let g_xhat: Vec<f32> = err.iter().map(|e| e * inv).collect();
+    let sq: f64 = err.iter().map(|&e| f64::from(e) * f64::from(e)).sum();
+    let mse = sq / (b * d) as f64;
+    let mut g_vals = codes.row_dots(&g_xhat, &w, d);
+    let extra = if let Some(l1) = l1 {
+        let c = (l1 / batch as f64) as f32;
+        g_vals.iter_mut().for_each(|g| *g += c);
+        codes.val.iter().map(|&v| f64::from(v)).sum::<f64>() * l1 / batch as f64
+    } else {
+        0.0
+    };
+    let mut outs = vec![vec![0.0f32; n * d], vec![0.0f32; n * d]];
+    codes.accumulate_t(&[(&codes.val, &g_xhat), (&g_vals, &xcv)], d, &mut outs);
+    let mut g_b_enc = codes.column_sums(&g_vals);
+    let mut extra = extra;
+    if let Some((ac, scale)) = aux {
+        // AuxK: e_hat = aux W_dec (raw decoder; TopK variants are unit norm), r = -err.
+        let wr: Vec<f32> = to_f32(&p.w_dec)?;
+        let e_hat = ac.decode(&wr, d);
+        let diff: Vec<f32> = e_hat.iter().zip(&err).map(|(e, r)| e + r).collect();
+        let coef = hyper.auxk_alpha * scale;
+        extra = diff
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            * coef
+            / (b * d) as f64;
+        let gc = (coef * 2.0 / (b * d) as f64) as f32;
+        let g_ehat: Vec<f32> = diff.iter().map(|v| v * gc).collect();
+        let g_aux = ac.row_dots(&g_ehat, &wr, d);
+        ac.accumulate_t(&[(&ac.val, &g_ehat), (&g_aux, &xcv)], d, &mut outs);
+        for (o, a) in g_b_enc.iter_mut().zip(ac.column_sums(&g_aux)) {
+            *o += a;
+        }
+    }
+    let mut counts = vec![0.0f32; n];
+    for &c in &codes.col {
+        counts[c as usize] += 1.0;
+    }
+    let t = |v: &[f32], shape: &[i64]| -> Result<Tensor> {
+        Ok(Tensor::f_from_slice(v)?.f_view(shape)?.f_to_device(dev)?)
+    };
+    let g_xhat_t = t(&g_xhat, &[batch, d_in])?;
+    let [g_wdec, g_wenc_t] = [&outs[0], &outs[1]].map(|o| t(o, &[n as i64, d_in]));
+    Ok(Tail {
+        extra: Tensor::f_from_slice(&[extra as f32])?.f_view([])?,
+        mse: Tensor::f_from_slice(&[mse as f32])?.f_view([])?,
+        counts: t(&counts, &[n as i64])?,
+        g_b_dec: sum0(&g_xhat_t)?,
+        g_wdec: g_wdec?,
+        g_w_enc: g_wenc_t?.f_tr()?.f_contiguous()?,
+        g_b_enc: t(&g_b_enc, &[n as i64])?,
+    })
+}
+
+/// Adam's two moment estimates of one SAE, in [`Params`] order.
+#[derive(Debug)]
+pub(crate) struct Moments {
+    pub m: [Tensor; 4],
+    pub v: [Tensor; 4],
+}
+
+impl Moments {
+    pub fn zeros(p: &Params) -> Result<Moments> {
+        let z = |t: &Tensor| t.f_zeros_like();
+        Ok(Moments {
+            m: [z(&p.w_enc)?, z(&p.b_enc)?, z(&p.w_dec)?, z(&p.b_dec)?],
+            v: [z(&p.w_enc)?, z(&p.b_enc)?, z(&p.w_dec)?, z(&p.b_dec)?],
+        })
+    }
+}
+
+/// One Adam step, `t` counting from 1: PyTorch's formulation
+/// (`p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`). On the CPU it is one fused pass per
+/// tensor ([`adam_fused`]); elsewhere in-place tensor ops that use the gradients as scratch.
+pub(crate) fn adam(
+    p: &mut Params,
+    mom: &mut Moments,
+    grads: &mut [Tensor; 4],
+    hyper: &Hyper,
+    lr: f64,
+    t: u64,
+) -> Result<()> {
+    let (b1, b2) = (hyper.adam_beta1, hyper.adam_beta2);
+    let bc1 = 1.0 - b1.powf(t as f64);
+    let bc2_sqrt = (1.0 - b2.powf(t as f64)).sqrt();
+    let step_size = lr / bc1;
+    for (i, param) in p.as_array_mut().into_iter().enumerate() {
+        let g = &mut grads[i];
+        let (m, v) = (&mut mom.m[i], &mut mom.v[i]);
+        if adam_fused(
+            param,
+            g,
+            m,
+            v,
+            [b1, b2, bc2_sqrt, step_size, hyper.adam_eps],
+        ) {
+            continue;
+        }
+        let _ = m.f_lerp_(g, 1.0 - b1)?;
+        let _ = v.f_mul_scalar_(b2)?;
+        let _ = g.f_mul_scalar_((1.0 - b2).sqrt())?;
+        let _ = v.f_addcmul_(g, g)?;
+        // g <- -(sqrt(v) / bc2_sqrt + eps) / step_size, so that p += m / g is the update.
+        let _ = v.f_sqrt_out(g)?;
+        let _ = g.f_mul_scalar_(-1.0 / (bc2_sqrt * step_size))?;
+        let _ = g.f_add_scalar_(-hyper.adam_eps / step_size)?;
+        let _ = param.f_addcdiv_(m, g)?;
+    }
+    Ok(())
+}
+
+/// The values of a contiguous f32 CPU tensor, borrowed; `None` for any other tensor.
+pub(crate) fn cpu_f32_slice(t: &Tensor) -> Option<&[f32]> {
+    let n = t.numel();
+    if !plain_cpu_f32(t, n) || n == 0 {
+        return None;
+    }
+    // SAFETY: `t` is a contiguous f32 CPU tensor of `n` elements, so its data pointer
+    // addresses `n` initialised f32 values; the shared borrow of `t` outlives the slice, and
+    // this crate never writes to a tensor while a slice of it is alive.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
+}
+
+/// The values of a contiguous f32 CPU tensor, mutably borrowed; `None` for any other tensor.
+pub(crate) fn cpu_f32_slice_mut(t: &mut Tensor) -> Option<&mut [f32]> {
+    let n = t.numel();
+    if !plain_cpu_f32(t, n) || n == 0 {
+        return None;
+    }
+    // SAFETY: as in `cpu_f32_slice`; the exclusive borrow of `t` keeps every other Rust
+    // reference to this tensor away while the slice lives. Only call it on tensors whose
+    // storage no other tensor shares (fresh results of an operation).
+    Some(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
+}
+
+/// Whether `t` is a contiguous f32 CPU tensor of `numel` elements.
+fn plain_cpu_f32(t: &Tensor, numel: usize) -> bool {
+    t.device() == tch::Device::Cpu
+        && t.kind() == Kind::Float
+        && t.is_contiguous()
+        && t.numel() == numel
+}
+
+/// Adam on CPU tensors in one fused, parallel pass; `false` (nothing done) when a tensor is
+/// not a contiguous f32 CPU tensor. `c = [beta1, beta2, sqrt(bc2), step_size, eps]`.
+fn adam_fused(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, c: [f64; 5]) -> bool {
+    use rayon::prelude::*;
+    let n = p.numel();
+    if ![&*p, g, &*m, &*v].iter().all(|t| plain_cpu_f32(t, n)) || n == 0 {
+        return false;
+    }
+    // SAFETY: the four tensors are contiguous f32 CPU tensors of `n` elements (checked
+    // above), so each data pointer addresses `n` initialised f32 values. They are distinct
+    // allocations: parameters, the two moments and the gradient of this step are each created
+    // separately and never share storage, and the `&mut` borrows keep other Rust code from
+    // touching them while the slices live.
+    let (ps, gs, ms, vs) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(g.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts_mut(v.data_ptr() as *mut f32, n),
+        )
+    };
+    let [b1, b2, bc2_sqrt, step, eps] = c.map(|x| x as f32);
+    const CHUNK: usize = 1 << 14;
+    ps.par_chunks_mut(CHUNK)
+        .zip(gs.par_chunks(CHUNK))
+        .zip(ms.par_chunks_mut(CHUNK))
+        .zip(vs.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            for i in 0..p.len() {
+                let gi = g[i];
+                let mi = m[i] + (gi - m[i]) * (1.0 - b1);
+                let vi = v[i] * b2 + (1.0 - b2) * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] -= step * mi / (vi.sqrt() / bc2_sqrt + eps);
+            }
+        });
+    true
+}
+
+/// The geometric median of the rows of `xs (batch, d_in)` by Weiszfeld's iteration.
+pub(crate) fn geometric_median(xs: &Tensor) -> Result<Tensor> {
+    let xs = xs.f_to_kind(Kind::Double)?;
+    let mut m = xs.f_mean_dim(0i64, false, Kind::Double)?;
+    for _ in 0..50 {
+        let dist = xs
+            .f_sub(&m)?
+            .f_square()?
+            .f_sum_dim_intlist(1i64, true, Kind::Double)?
+            .f_sqrt()?;
+        let w = dist.f_clamp_min(1e-8)?.f_reciprocal()?;
+        let next = xs
+            .f_mul(&w)?
+            .f_sum_dim_intlist(0i64, false, Kind::Double)?
+            .f_div(&w.f_sum(Kind::Double)?)?;
+        let shift = next
+            .f_sub(&m)?
+            .f_square()?
+            .f_sum(Kind::Double)?
+            .f_sqrt()?
+            .double_value(&[]);
+        m = next;
+        if shift < 1e-9 {
+            break;
+        }
+    }
+    Ok(m.f_to_kind(Kind::Float)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::init_weights;
+    use crate::spec::SaeSpec;
+    use crate::trainer::params_from_weights;
+    use tch::Device;
+
+    /// The same losses written for autograd.
+    fn autograd_loss(
+        arch: Arch,
+        hyper: &Hyper,
+        p: &Params,
+        xs: &Tensor,
+        l1: f64,
+        dead: Option<&Tensor>,
+    ) -> Tensor {
+        let batch = xs.size()[0];
+        let xc = xs - &p.b_dec;
+        let pre = xc.mm(&p.w_enc) + &p.b_enc;
+        let k = hyper.k.unwrap_or(1) as i64;
+        let cs = match arch {
+            Arch::ReluL1Faithful | Arch::ReluL1 => pre.relu(),
+            Arch::TopK => {
+                let (v, i) = pre.relu().topk(k, 1, true, false);
+                pre.zeros_like().scatter(1, &i, &v)
+            }
+            Arch::BatchTopK => {
+                let flat = pre.relu().view([-1]);
+                let (v, i) = flat.topk(k * batch, 0, true, false);
+                flat.zeros_like().scatter(0, &i, &v).view_as(&pre)
+            }
+        };
+        let w_dec = if arch == Arch::ReluL1Faithful {
+            &p.w_dec
+                / p.w_dec
+                    .square()
+                    .sum_dim_intlist(1i64, true, Kind::Float)
+                    .sqrt()
+        } else {
+            p.w_dec.shallow_clone()
+        };
+        let x_hat = cs.mm(&w_dec) + &p.b_dec;
+        let err = &x_hat - xs;
+        let mut loss = err.square().mean(Kind::Float);
+        if !arch.uses_k() {
+            loss += cs.sum(Kind::Float) * (l1 / batch as f64);
+        } else if let Some(dead) = dead {
+            let d_in = xs.size()[1];
+            let n_dead = dead.sum(Kind::Int64).int64_value(&[]);
+            let k_aux = (d_in / 2).min(n_dead);
+            let scale = (n_dead as f64 / (d_in / 2) as f64).min(1.0);
+            let (v, i) = (pre.relu() * dead).topk(k_aux, 1, true, false);
+            let acts = pre.zeros_like().scatter(1, &i, &v);
+            let e_hat = acts.mm(&p.w_dec);
+            let aux = (e_hat + err.detach()).square().mean(Kind::Float);
+            loss += aux * (hyper.auxk_alpha * scale);
+        }
+        loss
+    }
+
+    /// A seeded standard-normal tensor (libtorch's global RNG is shared between tests).
+    fn normal(seed: u64, shape: &[i64]) -> Tensor {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.iter().product::<i64>() as usize;
+        let v: Vec<f32> = (0..n)
+            .map(|_| rand::RngExt::sample(&mut rng, rand_distr::StandardNormal))
+            .collect();
+        Tensor::from_slice(&v).view(shape)
+    }
+
+    #[test]
+    fn hand_gradients_match_autograd() {
+        let xs = normal(1, &[12, 6]) + 0.3;
+        for arch in Arch::ALL {
+            let mut spec = SaeSpec::new(arch, 0, "h", "m", 6, 4);
+            if arch.uses_k() {
+                spec.hyper.k = Some(3);
+            }
+            let mut p = params_from_weights(&init_weights(&spec), Device::Cpu).unwrap();
+            p.b_dec = normal(2, &[6]) * 0.1;
+            p.b_enc = normal(3, &[24]) * 0.1;
+            // Some features dead, to exercise AuxK.
+            let dead = Tensor::arange(24, (Kind::Int64, Device::Cpu))
+                .remainder(3)
+                .eq(0);
+            let dead_opt = arch.uses_k().then_some(&dead);
+            for sparse in [0.0, 1.0] {
+                let knobs = StepKnobs {
+                    l1: 0.05,
+                    sparse_max_density: sparse,
+                };
+                let got = pass(arch, &spec.hyper, &p, &p.b_dec, &xs, knobs, dead_opt).unwrap();
+                let leaves: Vec<Tensor> = p
+                    .as_array()
+                    .iter()
+                    .map(|t| t.detach().set_requires_grad(true))
+                    .collect();
+                let q = Params {
+                    w_enc: leaves[0].shallow_clone(),
+                    b_enc: leaves[1].shallow_clone(),
+                    w_dec: leaves[2].shallow_clone(),
+                    b_dec: leaves[3].shallow_clone(),
+                };
+                let loss = autograd_loss(arch, &spec.hyper, &q, &xs, 0.05, dead_opt);
+                loss.backward();
+                let want_loss = loss.double_value(&[]);
+                let got_loss = got.stats.double_value(&[0]);
+                assert!(
+                    (want_loss - got_loss).abs() <= 1e-5 * want_loss.abs(),
+                    "{arch} (sparse {sparse}): {want_loss} vs {got_loss}"
+                );
+                for (j, leaf) in leaves.iter().enumerate() {
+                    let mut want = leaf.grad();
+                    if j == 2 && arch.unit_norm_decoder() {
+                        let w = &leaves[2].detach();
+                        want = &want - w * (&want * w).sum_dim_intlist(1i64, true, Kind::Float);
+                    }
+                    let diff = (&want - &got.grads[j]).abs().max().double_value(&[]);
+                    let scale = want.abs().max().double_value(&[]).max(1e-6);
+                    assert!(
+                        diff <= 1e-4 * scale,
+                        "{arch} (sparse {sparse}) gradient {j}: max diff {diff} at scale {scale}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn geometric_median_resists_an_outlier() {
+        let mut rows = vec![0.0f32; 2 * 11];
+        for i in 0..10 {
+            rows[2 * i] = 1.0 + (i as f32 - 4.5) * 0.01;
+            rows[2 * i + 1] = 2.0;
+        }
+        rows[20] = 1000.0;
+        rows[21] = -1000.0;
+        let xs = Tensor::from_slice(&rows).view([11, 2]);
+        let m = geometric_median(&xs).unwrap();
+        assert!((m.double_value(&[0]) - 1.0).abs() < 0.05, "{m}");
+        assert!((m.double_value(&[1]) - 2.0).abs() < 0.05, "{m}");
+    }
+}

@@ -1,0 +1,512 @@
+//! What to train: architectures, per-SAE specs with their hyperparameters, trainer options.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The SAE variants this crate trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    /// The study's AnthropicSAE exactly: untied, shift bias `b_dec` subtracted before encoding
+    /// and added after decoding, decoder rows normalised at use, xavier-uniform init, zero
+    /// biases, loss `mean((x_hat - x)^2) + l1 * mean_b ||c_b||_1`, Adam.
+    #[serde(rename = "relu-l1-faithful")]
+    ReluL1Faithful,
+    /// ReLU with an L1 penalty, unit-norm decoder rows kept by gradient projection and
+    /// renormalisation, `b_dec` initialised from the first batch, L1 and lr warm-up, lr decay.
+    #[serde(rename = "relu-l1")]
+    ReluL1,
+    /// TopK activation (k largest of `ReLU(pre)` per token) with AuxK dead-feature revival.
+    #[serde(rename = "topk")]
+    TopK,
+    /// BatchTopK: the `batch * k` largest activations over the whole batch; at inference a
+    /// threshold (running mean of the smallest kept activation) replaces the batch rule.
+    #[serde(rename = "batchtopk")]
+    BatchTopK,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [
+        Arch::ReluL1Faithful,
+        Arch::ReluL1,
+        Arch::TopK,
+        Arch::BatchTopK,
+    ];
+    const NAMES: &'static str = "relu-l1-faithful, relu-l1, topk, batchtopk";
+
+    /// This project's name of the variant (`cfg.json`'s `concord_architecture`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::ReluL1Faithful => "relu-l1-faithful",
+            Arch::ReluL1 => "relu-l1",
+            Arch::TopK => "topk",
+            Arch::BatchTopK => "batchtopk",
+        }
+    }
+
+    /// SAELens's architecture name (`cfg.json`'s `architecture`).
+    pub fn saelens_name(self) -> &'static str {
+        match self {
+            Arch::ReluL1Faithful | Arch::ReluL1 => "standard",
+            Arch::TopK => "topk",
+            Arch::BatchTopK => "batchtopk",
+        }
+    }
+
+    /// Whether the activation keeps the `k` largest values (TopK, BatchTopK) rather than
+    /// paying an L1 penalty.
+    pub fn uses_k(self) -> bool {
+        matches!(self, Arch::TopK | Arch::BatchTopK)
+    }
+
+    /// Whether decoder rows are kept at unit norm (gradient projection + renormalisation).
+    pub fn unit_norm_decoder(self) -> bool {
+        !matches!(self, Arch::ReluL1Faithful)
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Arch> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| Error::UnknownArchitecture {
+                name: s.to_owned(),
+                expected: Arch::NAMES,
+            })
+    }
+}
+
+/// How `b_dec` starts: zeros (the study), or the mean or geometric median of the first batch
+/// the SAE sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BDecInit {
+    Zeros,
+    Mean,
+    GeometricMedian,
+}
+
+/// The hyperparameters of one SAE. [`SaeSpec::new`] fills the defaults of its architecture.
+///
+/// Warm-ups and decay are fractions of [`TrainOptions::total_steps`]; without a total they
+/// are off (constant lr, full L1 from the first step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hyper {
+    /// Adam learning rate (peak, when scheduled).
+    pub lr: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// L1 coefficient (ReLU variants); `None` for TopK variants.
+    pub l1: Option<f64>,
+    /// Active features per token (TopK variants); `None` for ReLU variants.
+    pub k: Option<usize>,
+    /// Linear lr warm-up over this fraction of the total steps.
+    pub lr_warmup_frac: f64,
+    /// Linear lr decay to zero over this final fraction of the total steps.
+    pub lr_decay_frac: f64,
+    /// Linear L1 warm-up from zero over this fraction of the total steps.
+    pub l1_warmup_frac: f64,
+    pub b_dec_init: BDecInit,
+    /// Weight of the AuxK loss (TopK variants; 0 turns it off).
+    pub auxk_alpha: f64,
+    /// A feature that has not fired for this many tokens is dead: AuxK revives it and the
+    /// progress numbers count it.
+    pub dead_tokens: u64,
+}
+
+/// One SAE of the grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeSpec {
+    /// Output folder name, relative to the output folder (may contain `/`).
+    pub name: String,
+    /// Which input stream feeds this SAE: the index the caller gives each (hook, data order)
+    /// in [`crate::Batch::stream`].
+    pub stream: usize,
+    pub hook_name: String,
+    pub model_name: String,
+    pub arch: Arch,
+    pub d_in: usize,
+    pub d_sae: usize,
+    /// Seed of the parameter initialisation.
+    pub init_seed: u64,
+    /// Seed of the row order (used by the caller's reader; recorded in `cfg.json`).
+    pub data_seed: u64,
+    pub hyper: Hyper,
+}
+
+impl SaeSpec {
+    /// A spec with the defaults of `arch`: `d_sae = ratio * d_in`, name
+    /// `<hook>/<arch>-r<ratio>-i<init_seed>-d<data_seed>`, both seeds 0, k = 32 for TopK
+    /// variants, l1 = 8e-4 for ReLU variants.
+    pub fn new(
+        arch: Arch,
+        stream: usize,
+        hook_name: &str,
+        model_name: &str,
+        d_in: usize,
+        ratio: usize,
+    ) -> SaeSpec {
+        let d_sae = d_in * ratio;
+        let base = Hyper {
+            lr: 1e-3,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            l1: Some(8e-4),
+            k: None,
+            lr_warmup_frac: 0.0,
+            lr_decay_frac: 0.0,
+            l1_warmup_frac: 0.0,
+            b_dec_init: BDecInit::Zeros,
+            auxk_alpha: 0.0,
+            dead_tokens: 10_000_000,
+        };
+        let hyper = match arch {
+            Arch::ReluL1Faithful => base,
+            Arch::ReluL1 => Hyper {
+                lr_warmup_frac: 0.01,
+                lr_decay_frac: 0.2,
+                l1_warmup_frac: 0.05,
+                b_dec_init: BDecInit::GeometricMedian,
+                ..base
+            },
+            Arch::TopK | Arch::BatchTopK => Hyper {
+                // EleutherAI sparsify's default: 2e-4 scaled by 1/sqrt(d_sae / 2^14).
+                lr: 2e-4 / (d_sae as f64 / 16384.0).sqrt(),
+                l1: None,
+                k: Some(32.min(d_sae)),
+                lr_warmup_frac: 0.01,
+                lr_decay_frac: 0.2,
+                b_dec_init: BDecInit::Mean,
+                auxk_alpha: 1.0 / 32.0,
+                ..base
+            },
+        };
+        let mut spec = SaeSpec {
+            name: String::new(),
+            stream,
+            hook_name: hook_name.to_owned(),
+            model_name: model_name.to_owned(),
+            arch,
+            d_in,
+            d_sae,
+            init_seed: 0,
+            data_seed: 0,
+            hyper,
+        };
+        spec.name = spec.default_name();
+        spec
+    }
+
+    /// `<hook>/<arch>-r<ratio>-i<init_seed>-d<data_seed>` (with `-k<k>` for TopK variants).
+    pub fn default_name(&self) -> String {
+        let ratio = if self.d_in > 0 && self.d_sae.is_multiple_of(self.d_in) {
+            format!("r{}", self.d_sae / self.d_in)
+        } else {
+            format!("n{}", self.d_sae)
+        };
+        let k = self.hyper.k.map(|k| format!("-k{k}")).unwrap_or_default();
+        format!(
+            "{}/{}-{ratio}{k}-i{}-d{}",
+            self.hook_name, self.arch, self.init_seed, self.data_seed
+        )
+    }
+
+    /// Checks the spec; errors name the SAE.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(Error::InvalidSpec {
+                sae: self.name.clone(),
+                reason,
+            })
+        };
+        let h = &self.hyper;
+        if self.d_in == 0 || self.d_sae == 0 {
+            return bad(format!(
+                "empty SAE: d_in = {}, d_sae = {}",
+                self.d_in, self.d_sae
+            ));
+        }
+        if self.name.is_empty()
+            || self
+                .name
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            return bad(format!(
+                "name {:?} is not a relative folder path",
+                self.name
+            ));
+        }
+        if !(h.lr.is_finite() && h.lr > 0.0) {
+            return bad(format!("learning rate {} must be positive", h.lr));
+        }
+        if !(0.0..1.0).contains(&h.adam_beta1)
+            || !(0.0..1.0).contains(&h.adam_beta2)
+            || h.adam_eps.is_nan()
+            || h.adam_eps <= 0.0
+        {
+            return bad("adam betas must lie in [0, 1) and eps be positive".into());
+        }
+        for (what, f) in [
+            ("lr_warmup_frac", h.lr_warmup_frac),
+            ("lr_decay_frac", h.lr_decay_frac),
+            ("l1_warmup_frac", h.l1_warmup_frac),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                return bad(format!("{what} = {f} must lie in [0, 1]"));
+            }
+        }
+        if self.arch.uses_k() {
+            match h.k {
+                Some(k) if k >= 1 && k <= self.d_sae => {}
+                k => {
+                    return bad(format!(
+                        "{} needs 1 <= k <= d_sae = {}, got {k:?}",
+                        self.arch, self.d_sae
+                    ));
+                }
+            }
+            if h.l1.is_some() {
+                return bad(format!("{} takes k, not an l1 coefficient", self.arch));
+            }
+        } else {
+            match h.l1 {
+                Some(l1) if l1.is_finite() && l1 >= 0.0 => {}
+                l1 => {
+                    return bad(format!(
+                        "{} needs a non-negative l1 coefficient, got {l1:?}",
+                        self.arch
+                    ));
+                }
+            }
+            if h.k.is_some() {
+                return bad(format!("{} takes an l1 coefficient, not k", self.arch));
+            }
+        }
+        if !(h.auxk_alpha.is_finite() && h.auxk_alpha >= 0.0) {
+            return bad(format!(
+                "auxk_alpha = {} must be non-negative",
+                h.auxk_alpha
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Options of a training run (not of one SAE).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptions {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// The planned number of steps; enables lr and L1 schedules.
+    pub total_steps: Option<u64>,
+    /// Where periodic checkpoints go (one folder, replaced atomically each time).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Checkpoint after every this many steps (0: only when asked).
+    pub checkpoint_every: u64,
+    /// Record a point of the training curve every this many steps (at least 1).
+    pub curve_every: u64,
+    /// A loss above this factor times the SAE's first loss (or non-finite) is divergence.
+    pub divergence_factor: f64,
+    /// On the CPU, codes with at most this share of active entries run the sparse decoder
+    /// kernels instead of dense GEMMs (0 turns them off). Results agree to rounding.
+    #[serde(default = "default_sparse_max_density")]
+    pub sparse_max_density: f64,
+}
+
+fn default_sparse_max_density() -> f64 {
+    0.05
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            device: "cpu".into(),
+            total_steps: None,
+            checkpoint_dir: None,
+            checkpoint_every: 0,
+            curve_every: 10,
+            divergence_factor: 1e4,
+            sparse_max_density: default_sparse_max_density(),
+        }
+    }
+}
+
+impl TrainOptions {
+    /// The libtorch device of [`TrainOptions::device`].
+    pub fn tch_device(&self) -> Result<tch::Device> {
+        parse_device(&self.device)
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    let bad = || Error::InvalidSpec {
+        sae: String::new(),
+        reason: format!("unknown device {s:?} (expected cpu, cuda or cuda:N)"),
+    };
+    match s {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        _ => {
+            let n = s.strip_prefix("cuda:").ok_or_else(bad)?;
+            n.parse::<usize>().map(tch::Device::Cuda).map_err(|_| bad())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_names_round_trip_and_unknown_is_named() {
+        for a in Arch::ALL {
+            assert_eq!(a.name().parse::<Arch>().unwrap(), a);
+        }
+        let err = "gated".parse::<Arch>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"gated\"") && err.contains("batchtopk"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_specs_are_refused() {
+        for a in Arch::ALL {
+            SaeSpec::new(a, 0, "blocks.0.hook_mlp_out", "m", 16, 4)
+                .validate()
+                .unwrap();
+        }
+        let mut s = SaeSpec::new(Arch::TopK, 0, "blocks.0.hook_mlp_out", "m", 16, 4);
+        s.hyper.k = Some(65);
+        assert!(s.validate().unwrap_err().to_string().contains("k <= d_sae"));
+        let mut s = SaeSpec::new(Arch::ReluL1, 0, "h", "m", 16, 4);
+        s.name = "../x".into();
+        assert!(s.validate().is_err());
+        assert_eq!(
+            SaeSpec::new(Arch::TopK, 0, "h", "m", 8, 4).name,
+            "h/topk-r4-k32-i0-d0"
+        );
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(parse_device("cpu").unwrap(), tch::Device::Cpu);
+        assert_eq!(parse_device("cuda:1").unwrap(), tch::Device::Cuda(1));
+        assert!(parse_device("tpu").is_err());
+    }
+}
+
+/// How a grid orders its rows: one seed for every SAE, or the study's confound (each SAE's
+/// data order seeded by its init seed: `--data-seed same`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataSeed {
+    Fixed(u64),
+    SameAsInit,
+}
+
+/// One input stream of a grid: a hook read in one row order. The caller opens one reader per
+/// stream and passes its batches as [`crate::Batch`]es with this `stream` index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GridStream {
+    pub stream: usize,
+    pub hook_name: String,
+    pub d_in: usize,
+    pub data_seed: u64,
+}
+
+/// The SAEs of a grid (hooks x ratios x init seeds, one architecture) with default
+/// hyperparameters, and the streams that feed them. Streams are numbered in order of first
+/// use; hooks are `(hook name, d_in)`. Adjust `hyper` (k, l1, lr) on the returned specs.
+pub fn grid(
+    arch: Arch,
+    model_name: &str,
+    hooks: &[(String, usize)],
+    ratios: &[usize],
+    init_seeds: &[u64],
+    data_seed: DataSeed,
+) -> (Vec<SaeSpec>, Vec<GridStream>) {
+    let mut specs = Vec::new();
+    let mut streams: Vec<GridStream> = Vec::new();
+    for (hook, d_in) in hooks {
+        for &ratio in ratios {
+            for &seed in init_seeds {
+                let ds = match data_seed {
+                    DataSeed::Fixed(s) => s,
+                    DataSeed::SameAsInit => seed,
+                };
+                let stream = match streams
+                    .iter()
+                    .find(|s| &s.hook_name == hook && s.data_seed == ds)
+                {
+                    Some(s) => s.stream,
+                    None => {
+                        let stream = streams.len();
+                        streams.push(GridStream {
+                            stream,
+                            hook_name: hook.clone(),
+                            d_in: *d_in,
+                            data_seed: ds,
+                        });
+                        stream
+                    }
+                };
+                let mut spec = SaeSpec::new(arch, stream, hook, model_name, *d_in, ratio);
+                spec.init_seed = seed;
+                spec.data_seed = ds;
+                spec.name = spec.default_name();
+                specs.push(spec);
+            }
+        }
+    }
+    (specs, streams)
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    #[test]
+    fn grid_shares_streams_unless_the_data_seed_follows_the_init_seed() {
+        let hooks = [
+            ("blocks.0.hook_mlp_out".to_owned(), 8),
+            ("blocks.1.hook_mlp_out".to_owned(), 8),
+        ];
+        let (specs, streams) = grid(
+            Arch::TopK,
+            "m",
+            &hooks,
+            &[2, 4],
+            &[0, 1],
+            DataSeed::Fixed(3),
+        );
+        assert_eq!((specs.len(), streams.len()), (8, 2));
+        assert!(specs.iter().all(|s| s.data_seed == 3));
+        assert_eq!(specs[4].stream, 1);
+        let (specs, streams) = grid(Arch::TopK, "m", &hooks, &[2], &[0, 1], DataSeed::SameAsInit);
+        assert_eq!(streams.len(), 4);
+        assert_eq!(
+            (specs[1].init_seed, specs[1].data_seed, specs[1].stream),
+            (1, 1, 1)
+        );
+        let names: std::collections::BTreeSet<_> = specs.iter().map(|s| &s.name).collect();
+        assert_eq!(names.len(), specs.len());
+    }
+}

@@ -1,0 +1,89 @@
+//! Imports: dictionary_learning `ae.pt` and minimal SAELens folders, and round trips.
+
+use concord_core::SaeWeights;
+use concord_core::sae::{Sae, WEIGHTS_FILE};
+use concord_train::{SaeModel, load_dictionary_learning, load_saelens};
+use tch::{Device, Tensor};
+
+use crate::util::{reference_dir, tempdir};
+
+#[test]
+fn dictionary_learning_ae_pt_encodes_like_pytorch_and_round_trips() {
+    let dir = reference_dir();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let sae = load_dictionary_learning(
+        &dir.join("ae.pt"),
+        "blocks.0.hook_mlp_out",
+        "pythia-70m-deduped",
+    )
+    .unwrap();
+    assert_eq!(
+        (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.architecture.as_str()),
+        (4, 8, "standard")
+    );
+    let floats = |key: &str| -> Vec<f32> {
+        reference["ae_pt"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let model = SaeModel::from_sae(&sae, Device::Cpu).unwrap();
+    let xs = Tensor::from_slice(&floats("x")).view([1, 4]);
+    let cs = model.encode(&xs).unwrap();
+    let got: Vec<f32> = Vec::try_from(&cs.view([-1])).unwrap();
+    let x_hat: Vec<f32> = Vec::try_from(&model.decode(&cs).unwrap().view([-1])).unwrap();
+    for (g, w) in got
+        .iter()
+        .zip(floats("features"))
+        .chain(x_hat.iter().zip(floats("x_hat")))
+    {
+        assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+    }
+    let out = tempdir();
+    sae.save(out.path(), &[]).unwrap();
+    assert_eq!(load_saelens(out.path()).unwrap(), sae);
+}
+
+#[test]
+fn minimal_saelens_folder_loads_and_keeps_unknown_keys() {
+    let tmp = tempdir();
+    let w = SaeWeights {
+        d_in: 2,
+        d_sae: 3,
+        w_enc: vec![1.0, 0.0, 0.5, 0.0, 1.0, 0.5],
+        b_enc: vec![0.0, 0.0, -1.0],
+        w_dec: vec![1.0, 0.0, 0.0, 1.0, 0.6, 0.8],
+        b_dec: vec![0.1, 0.2],
+        threshold: None,
+    };
+    std::fs::write(
+        tmp.path().join("cfg.json"),
+        r#"{"d_in": 2, "d_sae": 3, "architecture": "standard", "hook_name": "blocks.4.hook_resid_post",
+            "model_name": "gpt2", "normalize_activations": "none", "dtype": "float32"}"#,
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join(WEIGHTS_FILE), w.to_safetensors()).unwrap();
+    let sae = load_saelens(tmp.path()).unwrap();
+    assert_eq!(sae.weights, w);
+    assert_eq!(sae.cfg.extra["normalize_activations"], "none");
+    let model = SaeModel::from_sae(&sae, Device::Cpu).unwrap();
+    assert!(model.apply_b_dec_to_input);
+    let out = tempdir();
+    sae.save(out.path(), &[]).unwrap();
+    assert_eq!(Sae::load(out.path()).unwrap(), sae);
+}
+
+#[test]
+fn broken_ae_pt_is_an_error_naming_the_file() {
+    let tmp = tempdir();
+    let path = tmp.path().join("ae.pt");
+    std::fs::write(&path, b"not a zip").unwrap();
+    let err = load_dictionary_learning(&path, "h", "m")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ae.pt"), "{err}");
+}

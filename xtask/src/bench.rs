@@ -42,7 +42,7 @@ struct Record {
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
-    setup::ensure(root, setup::Need::all())?;
+    setup::ensure(root, setup::Need::run())?;
     setup::pip_install(root, PEERS)?;
     let results = root.join("target/bench-results");
     let _ = fs::remove_dir_all(&results);

@@ -51,7 +51,7 @@ fn run() -> Result<ExitCode> {
     };
     match cmd.as_str() {
         "setup" => {
-            setup::ensure(&root, setup::Need::all())?;
+            setup::ensure(&root, setup::Need::run())?;
             Ok(ExitCode::SUCCESS)
         }
         "test" => test(&root, &args[1..]),
@@ -61,7 +61,7 @@ fn run() -> Result<ExitCode> {
             run_cli(&root, &args)
         }
         _ => {
-            setup::ensure(&root, setup::Need::all())?;
+            setup::ensure(&root, setup::Need::run())?;
             run_cli(&root, &args)
         }
     }
@@ -119,7 +119,7 @@ fn run_cli(root: &Path, args: &[String]) -> Result<ExitCode> {
 /// `cargo xtask test`: setup, formatting, lints, then every test of the workspace.
 fn test(root: &Path, extra: &[String]) -> Result<ExitCode> {
     let start = Instant::now();
-    setup::ensure(root, setup::Need::all())?;
+    setup::ensure(root, setup::Need::test())?;
     let stage = |name: &str, cmd: &mut Command| -> Result<()> {
         let t = Instant::now();
         eprintln!("xtask test: {name}");

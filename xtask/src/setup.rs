@@ -27,13 +27,25 @@ pub const CACHE: &str = "data/cache";
 pub struct Need {
     pub torch: bool,
     pub inputs: bool,
+    /// A headless browser, for the test that renders the report.
+    pub browser: bool,
 }
 
 impl Need {
-    pub fn all() -> Need {
+    /// What the CLI's commands need.
+    pub fn run() -> Need {
         Need {
             torch: true,
             inputs: true,
+            browser: false,
+        }
+    }
+
+    /// What the tests need.
+    pub fn test() -> Need {
+        Need {
+            browser: true,
+            ..Need::run()
         }
     }
 }
@@ -44,6 +56,53 @@ pub fn ensure(root: &Path, need: Need) -> Result<()> {
     }
     if need.inputs {
         ensure_inputs(root)?;
+    }
+    if need.browser {
+        ensure_browser()?;
+    }
+    Ok(())
+}
+
+/// Debian's Chromium renders the report in a test; install it when missing (as root, with
+/// apt), or say what to install.
+fn ensure_browser() -> Result<()> {
+    let found = |name: &str| {
+        Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found("chromium") || std::env::var_os("CONCORD_CHROMIUM").is_some() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || !found("apt-get") {
+        bail!(
+            "the report test needs a headless Chromium: install it (Debian: apt-get install chromium) or set \
+             CONCORD_CHROMIUM to a Chromium binary"
+        );
+    }
+    eprintln!("setup: installing Debian's chromium (headless browser for the report test)");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !apt(&["install", "-y", "-q", "--no-install-recommends", "chromium"]) {
+        status(
+            Command::new("apt-get").args(["update", "-q"]),
+            "apt-get update",
+        )?;
+        if !apt(&["install", "-y", "-q", "--no-install-recommends", "chromium"]) {
+            bail!(
+                "apt-get install chromium failed: install Chromium by hand or set CONCORD_CHROMIUM"
+            );
+        }
     }
     Ok(())
 }

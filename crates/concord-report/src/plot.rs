@@ -88,8 +88,9 @@ pub fn heatmap(h: &Heatmap) -> Result<String> {
                 .x_label_area_size(40)
                 .y_label_area_size(90)
                 .build_cartesian_2d(
-                    (0..cols as i32).into_segmented(),
-                    (0..rows as i32).into_segmented(),
+                    // A segmented range `0..n` has n + 1 segments: stop one short.
+                    (0..cols as i32 - 1).into_segmented(),
+                    (0..rows as i32 - 1).into_segmented(),
                 )
                 .map_err(|e| e.to_string())?;
             let label = |labels: &[String], v: &SegmentValue<i32>| match v {
@@ -104,7 +105,13 @@ pub fn heatmap(h: &Heatmap) -> Result<String> {
                 .x_desc(&h.x_label)
                 .y_desc(&h.y_label)
                 .x_label_formatter(&|v| label(&h.col_labels, v))
-                .y_label_formatter(&|v| label(&h.row_labels, v))
+                .y_label_formatter(&|v| match v {
+                    // Row 0 is drawn at the top, as in a table.
+                    SegmentValue::CenterOf(i) => {
+                        label(&h.row_labels, &SegmentValue::CenterOf(rows as i32 - 1 - i))
+                    }
+                    _ => String::new(),
+                })
                 .draw()
                 .map_err(|e| e.to_string())?;
             for (r, row) in h.values.iter().enumerate() {

@@ -53,6 +53,7 @@ fn tiny_study_runs_to_its_report_and_reruns_for_free() {
         );
     }
     assert!(dir.path().join("tiny/log.txt").exists());
+    rendered_in_chromium(&report.join("index.html"), figures, &md);
 
     // A second run does nothing but rebuild the report.
     let logs = std::fs::read_dir(dir.path().join("tiny/logs"))
@@ -124,4 +125,57 @@ fn dry_run_prints_the_plan_with_estimates() {
         plan.contains("study quick") && plan.contains("estimate"),
         "{plan}"
     );
+}
+
+/// Renders the page in headless Chromium and checks that every figure and every number of the
+/// findings made it into the rendered document.
+fn rendered_in_chromium(page: &Path, figures: usize, md: &str) {
+    let browser = std::env::var("CONCORD_CHROMIUM").unwrap_or_else(|_| "chromium".to_owned());
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {browser} ({e}): install Chromium (Debian: apt-get install chromium) or set CONCORD_CHROMIUM")
+        });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        dom.matches("<figure").count(),
+        figures,
+        "every figure rendered"
+    );
+    assert_eq!(dom.matches("<svg").count(), figures);
+    // Every number of the findings table (markdown twin) appears in the rendered page.
+    let findings = md
+        .split("## Findings")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let numbers: Vec<&str> = findings
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter(|t| t.contains('.') && t.chars().any(|c| c.is_ascii_digit()))
+        .collect();
+    assert!(numbers.len() >= 10, "{numbers:?}");
+    for n in numbers {
+        assert!(dom.contains(n), "{n} is not in the rendered page");
+    }
 }

@@ -1,0 +1,118 @@
+"""Peers of benches/align.rs: numpy MMCS, scipy's exact matching, FAISS k=1 search.
+
+Reads the SAE-like dictionaries written by the Rust bench (raw little-endian f32) and
+appends JSON lines {"group","case","impl","seconds","peer":true,"note"} to
+$CONCORD_BENCH_RESULTS/align-peers.jsonl, with the same group and case names as ours.
+"""
+
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+
+results = pathlib.Path(os.environ["CONCORD_BENCH_RESULTS"])
+out = results / "align-peers.jsonl"
+n = int(os.environ.get("CONCORD_BENCH_ALIGN_N", 16384))
+d = int(os.environ.get("CONCORD_BENCH_D", 512))
+n_mmcs = int(os.environ.get("CONCORD_BENCH_MMCS_N", 4096))
+data = results / "align-data"
+
+
+def record(group, case, impl, seconds, note=""):
+    line = {"group": group, "case": case, "impl": impl, "seconds": seconds, "peer": True, "note": note}
+    with out.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(f"peer: {group} / {case} / {impl}: {seconds:.4f} s {note}", flush=True)
+
+
+def load(name):
+    x = np.fromfile(data / f"{name}_{n}x{d}.f32", dtype="<f4").reshape(n, d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def numpy_mmcs(a, b):
+    c = a @ b.T
+    return float(c.max(axis=1).mean()), float(c.max(axis=0).mean()), c
+
+
+def main():
+    try:
+        import scipy
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        scipy = None
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+
+    # mmcs group: numpy's one product plus the two max reductions, at the mmcs size.
+    if n_mmcs == 0 or n == 0:
+        return
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n_mmcs, d), dtype=np.float32)
+    b = rng.standard_normal((n_mmcs, d), dtype=np.float32)
+    case = f"{n_mmcs}x{n_mmcs}, d {d}"
+    t = time.perf_counter()
+    numpy_mmcs(a, b)
+    record("mmcs", case, "numpy (product + max both ways)", time.perf_counter() - t)
+    if faiss is not None:
+        t = time.perf_counter()
+        for x, y in ((a, b), (b, a)):
+            index = faiss.IndexFlatIP(d)
+            index.add(y)
+            index.search(x, 1)
+        record("mmcs", case, "faiss IndexFlatIP k=1 (both ways)", time.perf_counter() - t)
+
+    # align group: numpy MMCS + scipy matching, decoder and encoder pairs.
+    if not (data / f"dec_a_{n}x{d}.f32").exists():
+        print(f"peer: no align data for n = {n} in {data}; run the Rust bench first")
+        return
+    case = f"sae-like {n}x{n}, d {d}, decoder + encoder"
+    total, notes = 0.0, []
+    for kind in ("dec", "enc"):
+        a, b = load(f"{kind}_a"), load(f"{kind}_b")
+        t = time.perf_counter()
+        ab, ba, c = numpy_mmcs(a.astype(np.float32), b.astype(np.float32))
+        t_mmcs = time.perf_counter() - t
+        total += t_mmcs
+        if scipy is not None:
+            t = time.perf_counter()
+            r, s = linear_sum_assignment(c.astype(np.float64), maximize=True)
+            t_lsa = time.perf_counter() - t
+            total += t_lsa
+            notes.append(f"{kind}: mmcs {t_mmcs:.1f} s, lsa {t_lsa:.1f} s, mean cos {c[r, s].mean():.4f}")
+        del c
+    record("align", case, "numpy MMCS + scipy linear_sum_assignment", total, "; ".join(notes))
+
+
+def correlation():
+    try:
+        import scipy.sparse as sp
+    except ImportError:
+        return
+    tokens = int(os.environ.get("CONCORD_BENCH_CORR_TOKENS", 65536))
+    nf = 4096
+    mats = []
+    for name in ("corr_a", "corr_b"):
+        base = data / f"{name}_{tokens}"
+        try:
+            indptr = np.fromfile(f"{base}_indptr.u64", dtype="<u8").astype(np.int64)
+            indices = np.fromfile(f"{base}_indices.u32", dtype="<u4").astype(np.int32)
+            values = np.fromfile(f"{base}_values.f32", dtype="<f4")
+        except FileNotFoundError:
+            print(f"peer: no correlation data for {tokens} tokens in {data}")
+            return
+        mats.append(sp.csr_matrix((values, indices, indptr), shape=(tokens, nf)))
+    a, b = mats
+    case = f"{tokens} tokens, 4096 x 4096 features, L0 32"
+    t = time.perf_counter()
+    a.T @ b
+    record("correlation", case, "scipy sparse A^T B (the co-occurrence product alone)", time.perf_counter() - t)
+
+
+if __name__ == "__main__":
+    correlation()
+    main()

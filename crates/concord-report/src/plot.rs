@@ -354,7 +354,8 @@ pub fn bars(b: &BarChart) -> Result<String> {
             .map_err(|e| e.to_string())?;
         for (si, name) in series.iter().enumerate() {
             let col = color(si);
-            let rects: Vec<_> = b
+            // This series' bars: (group index, bar).
+            let mine: Vec<(usize, &Bar)> = b
                 .groups
                 .iter()
                 .enumerate()
@@ -363,25 +364,19 @@ pub fn bars(b: &BarChart) -> Result<String> {
                         .filter(|bar| bar.series == *name)
                         .map(move |bar| (gi, bar))
                 })
-                .map(|(gi, bar)| {
-                    let x0 = gi as f64 + width * (si as f64 + 0.5);
-                    Rectangle::new([(x0, 0.0), (x0 + width, bar.value)], col.filled())
-                })
                 .collect();
+            let rects = mine.iter().map(|&(gi, bar)| {
+                let x0 = gi as f64 + width * (si as f64 + 0.5);
+                Rectangle::new([(x0, 0.0), (x0 + width, bar.value)], col.filled())
+            });
             chart
                 .draw_series(rects)
                 .map_err(|e| e.to_string())?
                 .label(*name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], col.filled()));
-            let errs: Vec<_> = b
-                .groups
+            let errs: Vec<_> = mine
                 .iter()
-                .enumerate()
-                .flat_map(|(gi, g)| {
-                    g.1.iter()
-                        .filter(|bar| bar.series == *name)
-                        .map(move |bar| (gi, bar))
-                })
+                .copied()
                 .filter_map(|(gi, bar)| {
                     let (lo, hi) = bar.interval?;
                     let x = gi as f64 + width * (si as f64 + 1.0);

@@ -80,7 +80,10 @@ pub fn init_tracing(file: Option<std::fs::File>) {
             .with_ansi(false)
             .with_writer(std::io::stderr.and(std::sync::Arc::new(f)))
             .try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
 }
 

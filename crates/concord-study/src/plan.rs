@@ -323,7 +323,7 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
                 text("--skip-docs"),
                 text(study.docs),
                 text("--docs"),
-                text(study.eval_docs.min(64)),
+                text(study.loss_recovered_docs.min(study.eval_docs)),
             ]);
         }
         args.extend(device.iter().cloned());

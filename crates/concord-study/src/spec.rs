@@ -37,6 +37,14 @@ pub struct Study {
     /// Grids whose SAEs also get loss recovered and KL measured (causal models only).
     #[serde(default)]
     pub loss_recovered: Vec<String>,
+    /// Held-out documents the loss-recovered passes read (three forward passes of the whole
+    /// model per SAE: the clean model, the reconstruction spliced in, the hook zero-ablated).
+    #[serde(default = "default_loss_recovered_docs")]
+    pub loss_recovered_docs: u64,
+}
+
+fn default_loss_recovered_docs() -> u64 {
+    8
 }
 
 fn default_context_len() -> usize {

@@ -81,8 +81,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
 
 fn render(results: &Path) -> Result<String> {
     let mut records = Vec::new();
+    // Records are `*.jsonl`; benchmarks also leave data for their peers in sub-folders.
     let mut files: Vec<_> = fs::read_dir(results)?
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
     for file in files {

@@ -1,6 +1,6 @@
 //! The dense shortest-augmenting-path solver, `O(rows · cols)` per augmentation.
 
-use super::{LapSolution, NONE};
+use super::{Assignment, Duals, LapSolution, NONE, Search, finish_row};
 
 /// Minimum-cost assignment of every row to a distinct column for a dense cost `(rows, cols)`
 /// given as a function, `rows <= cols`, all costs finite.
@@ -52,27 +52,25 @@ pub(crate) fn solve(rows: usize, cols: usize, cost: impl Fn(usize, usize) -> f64
             }
             i = owner as usize;
         };
-        u[cur] += min_val;
-        for &i in &scanned_rows {
-            let i = i as usize;
-            if i != cur {
-                u[i] += min_val - spc[col4row[i] as usize];
-            }
-        }
-        for &j in &scanned_cols {
-            let j = j as usize;
-            v[j] -= min_val - spc[j];
-        }
-        let mut j = sink;
-        loop {
-            let i = path[j] as usize;
-            row4col[j] = i as u32;
-            let prev = std::mem::replace(&mut col4row[i], j as u32);
-            if i == cur {
-                break;
-            }
-            j = prev as usize;
-        }
+        finish_row(
+            Duals {
+                u: &mut u,
+                v: &mut v,
+            },
+            Assignment {
+                col4row: &mut col4row,
+                row4col: &mut row4col,
+            },
+            Search {
+                cur,
+                sink,
+                min_val,
+                spc: &spc,
+                path: &path,
+                scanned_rows: &scanned_rows,
+                scanned_cols: &scanned_cols,
+            },
+        );
     }
     LapSolution { col4row, u, v }
 }

@@ -4,7 +4,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use super::{LapSolution, NONE};
+use super::{Assignment, Duals, LapSolution, NONE, Search, finish_row};
 
 /// A bipartite candidate graph, rows to columns, in CSR form with minimisation costs.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -182,27 +182,25 @@ pub(crate) fn solve_from(g: &Graph, start: Option<LapSolution>) -> Option<LapSol
             }
             i = row4col[j] as usize;
         };
-        u[cur] += min_val;
-        for &i in &scanned_rows {
-            let i = i as usize;
-            if i != cur {
-                u[i] += min_val - spc[col4row[i] as usize];
-            }
-        }
-        for &j in &scanned_cols {
-            let j = j as usize;
-            v[j] -= min_val - spc[j];
-        }
-        let mut j = sink;
-        loop {
-            let i = path[j] as usize;
-            row4col[j] = i as u32;
-            let prev = std::mem::replace(&mut col4row[i], j as u32);
-            if i == cur {
-                break;
-            }
-            j = prev as usize;
-        }
+        finish_row(
+            Duals {
+                u: &mut u,
+                v: &mut v,
+            },
+            Assignment {
+                col4row: &mut col4row,
+                row4col: &mut row4col,
+            },
+            Search {
+                cur,
+                sink,
+                min_val,
+                spc: &spc,
+                path: &path,
+                scanned_rows: &scanned_rows,
+                scanned_cols: &scanned_cols,
+            },
+        );
     }
     Some(LapSolution { col4row, u, v })
 }

@@ -53,15 +53,15 @@ pub(crate) fn solve(rows: usize, cols: usize, cost: impl Fn(usize, usize) -> f64
             i = owner as usize;
         };
         finish_row(
-            Duals {
+            &mut Duals {
                 u: &mut u,
                 v: &mut v,
             },
-            Assignment {
+            &mut Assignment {
                 col4row: &mut col4row,
                 row4col: &mut row4col,
             },
-            Search {
+            &Search {
                 cur,
                 sink,
                 min_val,

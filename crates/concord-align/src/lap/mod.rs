@@ -56,7 +56,7 @@ pub(crate) struct Search<'a> {
 /// Ends one row's step, shared by both solvers: moves the duals of every scanned row and
 /// column so they stay feasible with the new tight edges, then flips the augmenting path from
 /// `sink` back to `cur`.
-pub(crate) fn finish_row(d: Duals<'_>, a: Assignment<'_>, s: Search<'_>) {
+pub(crate) fn finish_row(d: &mut Duals<'_>, a: &mut Assignment<'_>, s: &Search<'_>) {
     d.u[s.cur] += s.min_val;
     for &i in s.scanned_rows {
         let i = i as usize;

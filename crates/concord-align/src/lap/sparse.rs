@@ -183,15 +183,15 @@ pub(crate) fn solve_from(g: &Graph, start: Option<LapSolution>) -> Option<LapSol
             i = row4col[j] as usize;
         };
         finish_row(
-            Duals {
+            &mut Duals {
                 u: &mut u,
                 v: &mut v,
             },
-            Assignment {
+            &mut Assignment {
                 col4row: &mut col4row,
                 row4col: &mut row4col,
             },
-            Search {
+            &Search {
                 cur,
                 sink,
                 min_val,

@@ -2,11 +2,26 @@
 //! sparse batches, and token alignment by byte spans for two tokenizers.
 //!
 //! The accumulator [`CoStats`] keeps per-feature sums, sums of squares and counts, and the
-//! sparse co-occurrence sums `S_ij = sum_t a_ti b_tj` over tokens where both are active
-//! (Gustavson's row-by-row sparse product per batch, rayon over chunks of `a`'s features).
-//! A dense `tokens x features` matrix is never formed; the `(n_a, n_b)` sums are a dense
-//! matrix up to [`DENSE_CROSS_LIMIT`] entries and otherwise hold only pairs that were ever
-//! co-active.
+//! co-occurrence sums `S_ij = sum_t a_ti b_tj` over tokens where both are active. A dense
+//! `tokens x features` matrix is never formed.
+//!
+//! # The kernel
+//! Scattering `S_ij += a_ti b_tj` into an `(n_a, n_b)` matrix batch by batch is bound by
+//! cache misses: a batch of a few thousand tokens touches every row of `S` a few times, so
+//! each batch streams the whole matrix through memory for little work. Instead, batches are
+//! kept pending (sparse, a few bytes per nonzero): `a`'s nonzeros bucketed by *tile*, a block
+//! of `a`'s features whose `n_b` sums fill about 1 MiB (a share of an L2 cache), and `b` as
+//! one CSR over all pending tokens. A tile is then computed in one go: for each pending
+//! nonzero `a_ti` of the tile, in token order, `b`'s row `t` (contiguous) is scattered into
+//! row `i` of the tile, which stays in cache. Tiles run in parallel on rayon.
+//!
+//! The pending buffer is multiplied into the stored sums when it passes its memory limit
+//! (by default the size of the dense sums, 4 MiB to 256 MiB); [`pearson`] reads each tile of
+//! the stored sums plus the pending batches and folds it straight into the row maxima and
+//! running column maxima, so a stream that fits the buffer never allocates `(n_a, n_b)` at
+//! all. Stored sums are a dense matrix up to [`DENSE_CROSS_LIMIT`] entries and otherwise only
+//! the pairs that were ever co-active. Every `S_ij` is summed in `f64` in token order, so the
+//! sums do not depend on batching, buffering or threads.
 
 use std::borrow::Cow;
 
@@ -116,6 +131,14 @@ impl SparseBatch {
 }
 
 /// Streamed sufficient statistics of two SAEs' activations on the same tokens.
+///
+/// [`CoStats::add`] validates a batch, updates the per-feature moments and appends the batch
+/// to a pending buffer; the co-occurrence sums `S = AᵀB` of pending batches are computed
+/// later, tile by tile (see the module's notes on the kernel), either when the buffer passes
+/// its memory limit (it is then multiplied into the stored sums) or by [`pearson`] and
+/// [`CoStats::cross_rows`], which read the stored sums plus the pending batches without
+/// storing anything. Every `S_ij` is the sum of `a_ti b_tj` in token order in `f64` (each
+/// product of two `f32` is exact in `f64`), whatever the batching and buffering.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoStats {
     pub n_a: usize,
@@ -130,20 +153,139 @@ pub struct CoStats {
     pub sum_b: Vec<f64>,
     pub sq_b: Vec<f64>,
     pub count_b: Vec<u64>,
-    /// Per feature of `a`, the co-active features of `b` with `S_ij`, sorted by `j` (the
-    /// sparse accumulator, used when `dense` is `None`).
-    cross: Vec<Vec<(u32, f64)>>,
-    /// `S` as a dense `(n_a, n_b)` matrix, used when it has at most [`DENSE_CROSS_LIMIT`]
-    /// entries: feature-by-feature, never token-by-feature.
-    dense: Option<Vec<f64>>,
+    /// The sums of the batches already multiplied.
+    sums: Sums,
+    /// The batches not multiplied yet.
+    pending: Pending,
+    /// Bytes the pending buffer may hold before it is multiplied into `sums`.
+    pending_limit: usize,
 }
 
-/// Largest `n_a · n_b` accumulated densely (256 MB of `f64`). Below it a dense accumulator
-/// is faster than merging sparse rows batch after batch; above it memory wins.
+/// The stored co-occurrence sums.
+#[derive(Clone, Debug, PartialEq)]
+enum Sums {
+    /// A dense `(n_a, n_b)` matrix, feature-by-feature (never token-by-feature); empty
+    /// until the first flush.
+    Dense(Vec<f64>),
+    /// Per feature of `a`, the co-active features of `b` with `S_ij`, sorted by `j` (used
+    /// above [`DENSE_CROSS_LIMIT`]).
+    Sparse(Vec<Vec<(u32, f64)>>),
+}
+
+/// A pending nonzero of `a`: `value` of feature `block * rows + row` at pending token `token`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct AEntry {
+    token: u32,
+    row: u32,
+    value: f32,
+}
+
+/// A pending nonzero of `b`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct BEntry {
+    feature: u32,
+    value: f32,
+}
+
+/// Batches added but not yet multiplied: `a`'s nonzeros bucketed by tile (block of
+/// `1 << shift` features of `a`), in token order within each tile; `b` as CSR over all
+/// pending tokens.
+#[derive(Clone, Debug, PartialEq)]
+struct Pending {
+    shift: u32,
+    /// `(blocks)` lists.
+    a: Vec<Vec<AEntry>>,
+    a_len: usize,
+    /// `(pending tokens + 1)`.
+    b_ptr: Vec<usize>,
+    b: Vec<BEntry>,
+}
+
+impl Pending {
+    fn new(n_a: usize, n_b: usize) -> Pending {
+        // Tiles of `rows x n_b` f64 sums of about TILE_BYTES stay in the L2 cache while a
+        // tile's products are scattered into them.
+        let rows = (TILE_BYTES / (8 * n_b.max(1))).clamp(1, n_a.max(1).next_power_of_two());
+        let shift = rows.ilog2();
+        Pending {
+            shift,
+            a: vec![Vec::new(); n_a.div_ceil(1 << shift)],
+            a_len: 0,
+            b_ptr: vec![0],
+            b: Vec::new(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        1 << self.shift
+    }
+
+    fn tokens(&self) -> usize {
+        self.b_ptr.len() - 1
+    }
+
+    fn bytes(&self) -> usize {
+        self.a_len * size_of::<AEntry>()
+            + self.b.len() * size_of::<BEntry>()
+            + self.b_ptr.len() * size_of::<usize>()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tokens() == 0
+    }
+
+    fn clear(&mut self) {
+        self.a.iter_mut().for_each(Vec::clear);
+        self.a_len = 0;
+        self.b_ptr.truncate(1);
+        self.b.clear();
+    }
+
+    /// Adds block `blk`'s pending products to `tile`, its `(rows, n_b)` sums.
+    fn multiply(&self, blk: usize, tile: &mut [f64], n_b: usize) {
+        for e in &self.a[blk] {
+            let row = &mut tile[e.row as usize * n_b..][..n_b];
+            let av = f64::from(e.value);
+            let t = e.token as usize;
+            for x in &self.b[self.b_ptr[t]..self.b_ptr[t + 1]] {
+                row[x.feature as usize] += av * f64::from(x.value);
+            }
+        }
+    }
+}
+
+/// Target size of one tile of sums (`f64`), a share of a core's L2 cache.
+const TILE_BYTES: usize = 1 << 20;
+
+/// Largest `n_a · n_b` stored densely (256 MB of `f64`); above it the stored sums hold only
+/// pairs that were ever co-active.
 pub const DENSE_CROSS_LIMIT: usize = 1 << 25;
+
+/// Most bytes the pending buffer holds by default: as much as the dense sums would take,
+/// between 4 MiB and 256 MiB.
+fn default_pending_limit(n_a: usize, n_b: usize) -> usize {
+    n_a.saturating_mul(n_b)
+        .saturating_mul(8)
+        .clamp(1 << 22, 1 << 28)
+}
+
+/// Adds a batch's nonzeros to per-feature sums, sums of squares and counts.
+fn add_moments(x: &SparseBatch, sum: &mut [f64], sq: &mut [f64], count: &mut [u64]) {
+    for (&j, &v) in x.indices.iter().zip(&x.values) {
+        let v = f64::from(v);
+        sum[j as usize] += v;
+        sq[j as usize] += v * v;
+        count[j as usize] += 1;
+    }
+}
 
 impl CoStats {
     pub fn new(n_a: usize, n_b: usize) -> CoStats {
+        let sums = if n_a.saturating_mul(n_b) <= DENSE_CROSS_LIMIT {
+            Sums::Dense(Vec::new())
+        } else {
+            Sums::Sparse(vec![Vec::new(); n_a])
+        };
         CoStats {
             n_a,
             n_b,
@@ -155,40 +297,117 @@ impl CoStats {
             sum_b: vec![0.0; n_b],
             sq_b: vec![0.0; n_b],
             count_b: vec![0; n_b],
-            cross: if n_a.saturating_mul(n_b) <= DENSE_CROSS_LIMIT {
-                Vec::new()
-            } else {
-                vec![Vec::new(); n_a]
-            },
-            dense: (n_a.saturating_mul(n_b) <= DENSE_CROSS_LIMIT).then(|| vec![0.0; n_a * n_b]),
+            sums,
+            pending: Pending::new(n_a, n_b),
+            pending_limit: default_pending_limit(n_a, n_b),
         }
     }
 
-    /// [`CoStats::new`] with the sparse accumulator whatever the sizes (the one used above
+    /// [`CoStats::new`] with sparse stored sums whatever the sizes (the ones used above
     /// [`DENSE_CROSS_LIMIT`]).
     pub fn new_sparse(n_a: usize, n_b: usize) -> CoStats {
         let mut s = CoStats::new(n_a, n_b);
-        s.dense = None;
-        s.cross = vec![Vec::new(); n_a];
+        s.sums = Sums::Sparse(vec![Vec::new(); n_a]);
         s
+    }
+
+    /// Sets how many bytes of pending batches are kept before they are multiplied into the
+    /// stored sums (by default as many as the dense sums would take, between 4 MiB and
+    /// 256 MiB; 0 multiplies every batch as it comes). Results do not depend on it.
+    pub fn with_pending_limit(mut self, bytes: usize) -> CoStats {
+        self.pending_limit = bytes;
+        self.flush_if_over();
+        self
+    }
+
+    fn flush_if_over(&mut self) {
+        if self.pending.bytes() > self.pending_limit {
+            self.flush();
+        }
+    }
+
+    /// Multiplies the pending batches into the stored sums.
+    fn flush(&mut self) {
+        if self.pending.is_empty() || self.n_b == 0 {
+            self.pending.clear();
+            return;
+        }
+        let (n_b, rows, pending) = (self.n_b, self.pending.rows(), &self.pending);
+        match &mut self.sums {
+            Sums::Dense(d) => {
+                if d.is_empty() {
+                    *d = vec![0.0; self.n_a * n_b];
+                }
+                d.par_chunks_mut(rows * n_b)
+                    .enumerate()
+                    .for_each(|(blk, tile)| pending.multiply(blk, tile, n_b));
+            }
+            Sums::Sparse(cross) => {
+                cross.par_chunks_mut(rows).enumerate().for_each_init(
+                    Vec::new,
+                    |tile, (blk, block)| {
+                        if pending.a[blk].is_empty() {
+                            return;
+                        }
+                        tile.clear();
+                        tile.resize(block.len() * n_b, 0.0);
+                        scatter_rows(block, tile, n_b);
+                        pending.multiply(blk, tile, n_b);
+                        for (row, t) in block.iter_mut().zip(tile.chunks(n_b)) {
+                            *row = nonzeros(t);
+                        }
+                    },
+                );
+            }
+        }
+        self.pending.clear();
+    }
+
+    /// Block `blk`'s rows of the sums, stored plus pending, `(rows, n_b)`: borrowed from the
+    /// stored dense sums when nothing is pending for the block, else built in `buf`.
+    fn tile<'s>(&'s self, blk: usize, buf: &'s mut Vec<f64>) -> &'s [f64] {
+        let n_b = self.n_b;
+        let r0 = blk * self.pending.rows();
+        let r1 = (r0 + self.pending.rows()).min(self.n_a);
+        let todo = !self.pending.a[blk].is_empty();
+        buf.clear();
+        match &self.sums {
+            Sums::Dense(d) if !d.is_empty() => {
+                let stored = &d[r0 * n_b..r1 * n_b];
+                if !todo {
+                    return stored;
+                }
+                buf.extend_from_slice(stored);
+            }
+            Sums::Dense(_) => buf.resize((r1 - r0) * n_b, 0.0),
+            Sums::Sparse(cross) => {
+                buf.resize((r1 - r0) * n_b, 0.0);
+                scatter_rows(&cross[r0..r1], buf, n_b);
+            }
+        }
+        if todo {
+            self.pending.multiply(blk, buf, n_b);
+        }
+        buf
     }
 
     /// The co-occurrence sums `S_ij != 0` per feature of `a`, sorted by `j`.
     pub fn cross_rows(&self) -> Cow<'_, [Vec<(u32, f64)>]> {
-        match &self.dense {
-            None => Cow::Borrowed(&self.cross),
-            Some(d) => Cow::Owned(
-                d.par_chunks(self.n_b.max(1))
-                    .map(|row| {
-                        row.iter()
-                            .enumerate()
-                            .filter(|(_, s)| **s != 0.0)
-                            .map(|(j, &s)| (j as u32, s))
-                            .collect()
-                    })
-                    .collect(),
-            ),
+        if let Sums::Sparse(cross) = &self.sums
+            && self.pending.is_empty()
+        {
+            return Cow::Borrowed(cross);
         }
+        if self.n_b == 0 {
+            return Cow::Owned(vec![Vec::new(); self.n_a]);
+        }
+        let blocks: Vec<Vec<Vec<(u32, f64)>>> = (0..self.pending.a.len())
+            .into_par_iter()
+            .map_init(Vec::new, |buf, blk| {
+                self.tile(blk, buf).chunks(self.n_b).map(nonzeros).collect()
+            })
+            .collect();
+        Cow::Owned(blocks.into_iter().flatten().collect())
     }
 
     /// Adds a batch: `a` and `b` hold the same tokens in the same order.
@@ -201,111 +420,65 @@ impl CoStats {
                 b_tokens: b.tokens(),
             });
         }
-        a.validate(batch, self.n_a)?;
-        b.validate(batch, self.n_b)?;
-        for (x, sum, sq, count) in [
-            (a, &mut self.sum_a, &mut self.sq_a, &mut self.count_a),
-            (b, &mut self.sum_b, &mut self.sq_b, &mut self.count_b),
-        ] {
-            for (&j, &v) in x.indices.iter().zip(&x.values) {
-                let v = f64::from(v);
-                sum[j as usize] += v;
-                sq[j as usize] += v * v;
-                count[j as usize] += 1;
-            }
+        let (ok_a, ok_b) = rayon::join(
+            || a.validate(batch, self.n_a),
+            || b.validate(batch, self.n_b),
+        );
+        ok_a?;
+        ok_b?;
+        // Pending token numbers are `u32`.
+        if self.pending.tokens() + a.tokens() >= u32::MAX as usize {
+            self.flush();
         }
-        // Transpose `a` to feature -> (token, value) by counting sort.
-        let mut start = vec![0usize; self.n_a + 1];
-        for &j in &a.indices {
-            start[j as usize + 1] += 1;
-        }
-        for i in 0..self.n_a {
-            start[i + 1] += start[i];
-        }
-        let mut fill = start.clone();
-        let mut tok = vec![0u32; a.indices.len()];
-        let mut val = vec![0f32; a.indices.len()];
-        for t in 0..a.tokens() {
-            for (j, v) in a.row(t) {
-                let p = fill[j as usize];
-                tok[p] = t as u32;
-                val[p] = v;
-                fill[j as usize] += 1;
-            }
-        }
-        let chunk = self.n_a.div_ceil(rayon::current_num_threads() * 8).max(1);
-        let n_b = self.n_b;
-        if let Some(dense) = &mut self.dense {
-            dense
-                .par_chunks_mut(chunk * n_b.max(1))
-                .enumerate()
-                .for_each(|(c, rows)| {
-                    for (k, row) in rows.chunks_mut(n_b.max(1)).enumerate() {
-                        let i = c * chunk + k;
-                        for p in start[i]..start[i + 1] {
-                            let av = f64::from(val[p]);
-                            for (j, bv) in b.row(tok[p] as usize) {
-                                row[j as usize] += av * f64::from(bv);
-                            }
-                        }
+        let t0 = self.pending.tokens();
+        let CoStats {
+            sum_a,
+            sq_a,
+            count_a,
+            sum_b,
+            sq_b,
+            count_b,
+            pending,
+            ..
+        } = self;
+        let Pending {
+            shift,
+            a: buckets,
+            a_len,
+            b_ptr,
+            b: b_entries,
+        } = pending;
+        rayon::join(
+            || {
+                add_moments(a, sum_a, sq_a, count_a);
+                let mask = (1u32 << *shift) - 1;
+                for t in 0..a.tokens() {
+                    let token = (t0 + t) as u32;
+                    for (i, value) in a.row(t) {
+                        buckets[(i >> *shift) as usize].push(AEntry {
+                            token,
+                            row: i & mask,
+                            value,
+                        });
                     }
-                });
-            self.tokens += a.tokens() as u64;
-            self.batches += 1;
-            return Ok(());
-        }
-        self.cross
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(c, rows)| {
-                let mut acc = vec![0f64; n_b];
-                let mut seen = vec![false; n_b];
-                let mut hit: Vec<u32> = Vec::new();
-                for (k, row) in rows.iter_mut().enumerate() {
-                    let i = c * chunk + k;
-                    if start[i] == start[i + 1] {
-                        continue;
-                    }
-                    for p in start[i]..start[i + 1] {
-                        let av = f64::from(val[p]);
-                        for (j, bv) in b.row(tok[p] as usize) {
-                            let j = j as usize;
-                            if !seen[j] {
-                                seen[j] = true;
-                                hit.push(j as u32);
-                            }
-                            acc[j] += av * f64::from(bv);
-                        }
-                    }
-                    hit.sort_unstable();
-                    let mut merged = Vec::with_capacity(row.len() + hit.len());
-                    let mut old = row.iter().peekable();
-                    for &j in &hit {
-                        while let Some(&&(oj, os)) = old.peek() {
-                            if oj >= j {
-                                break;
-                            }
-                            merged.push((oj, os));
-                            old.next();
-                        }
-                        let mut s = acc[j as usize];
-                        if let Some(&&(oj, os)) = old.peek()
-                            && oj == j
-                        {
-                            s += os;
-                            old.next();
-                        }
-                        merged.push((j, s));
-                        acc[j as usize] = 0.0;
-                        seen[j as usize] = false;
-                    }
-                    merged.extend(old);
-                    *row = merged;
-                    hit.clear();
                 }
-            });
+                *a_len += a.indices.len();
+            },
+            || {
+                add_moments(b, sum_b, sq_b, count_b);
+                b_entries.extend(
+                    b.indices
+                        .iter()
+                        .zip(&b.values)
+                        .map(|(&feature, &value)| BEntry { feature, value }),
+                );
+                let base = *b_ptr.last().expect("b_ptr starts with 0");
+                b_ptr.extend(b.indptr[1..].iter().map(|p| base + p));
+            },
+        );
         self.tokens += a.tokens() as u64;
         self.batches += 1;
+        self.flush_if_over();
         Ok(())
     }
 
@@ -332,6 +505,24 @@ impl CoStats {
         }
         out
     }
+}
+
+/// Writes sparse rows into their dense `(rows.len(), n_b)` tile (zeroed).
+fn scatter_rows(rows: &[Vec<(u32, f64)>], tile: &mut [f64], n_b: usize) {
+    for (row, t) in rows.iter().zip(tile.chunks_mut(n_b)) {
+        for &(j, s) in row {
+            t[j as usize] = s;
+        }
+    }
+}
+
+/// The nonzeros of a dense row, `(j, s)` sorted by `j`.
+fn nonzeros(row: &[f64]) -> Vec<(u32, f64)> {
+    row.iter()
+        .enumerate()
+        .filter(|(_, s)| **s != 0.0)
+        .map(|(j, &s)| (j as u32, s))
+        .collect()
 }
 
 /// Centred Pearson correlation summary: `mean_i max_j rho_ij` both ways over live features.
@@ -427,42 +618,149 @@ fn best_pearson(
         .collect()
 }
 
-/// [`best_pearson`] over a dense `(n_a, n_b)` sum matrix `d`: rows of `d` when `by_col` is
-/// false, its columns otherwise.
-fn best_pearson_dense(
-    d: &[f64],
-    n_b: usize,
-    by_col: bool,
-    rows: &Moments,
-    cols: &Moments,
+/// A feature's most correlated feature on the other side and `rho` (`None` when dead).
+type Best = Option<(u32, f32)>;
+
+/// Running column maxima of `rho` over the rows seen: value and row (`u32::MAX`: none).
+struct ColumnBest {
+    value: Vec<f64>,
+    row: Vec<u32>,
+}
+
+impl ColumnBest {
+    fn new(n: usize) -> ColumnBest {
+        ColumnBest {
+            value: vec![f64::NEG_INFINITY; n],
+            row: vec![u32::MAX; n],
+        }
+    }
+
+    /// Keeps the larger value per column, the smaller row on ties.
+    fn merge(mut self, other: &ColumnBest) -> ColumnBest {
+        for j in 0..self.value.len() {
+            let (v, r) = (other.value[j], other.row[j]);
+            if v > self.value[j] || (v == self.value[j] && r < self.row[j]) {
+                self.value[j] = v;
+                self.row[j] = r;
+            }
+        }
+        self
+    }
+}
+
+/// Per-column terms of `rho_ij = S_ij c_i u_j - x_i w_j + pen_j` with `c_i = 1 / (N sd_i)`,
+/// `x_i = m_i / sd_i`, `u_j = 1 / sd_j`, `w_j = m_j / sd_j`, and `pen_j = -inf` for dead
+/// columns (`u_j = w_j = 0` there), `0` otherwise.
+struct Columns {
+    u: Vec<f64>,
+    w: Vec<f64>,
+    pen: Vec<f64>,
+}
+
+impl Columns {
+    fn new(m: &Moments) -> Columns {
+        let live = |j: usize| m.sd[j] > 0.0;
+        let n = m.sd.len();
+        Columns {
+            u: (0..n)
+                .map(|j| if live(j) { 1.0 / m.sd[j] } else { 0.0 })
+                .collect(),
+            w: (0..n)
+                .map(|j| if live(j) { m.mean[j] / m.sd[j] } else { 0.0 })
+                .collect(),
+            pen: (0..n)
+                .map(|j| if live(j) { 0.0 } else { f64::NEG_INFINITY })
+                .collect(),
+        }
+    }
+}
+
+/// One row of sums `s` (`(n_b)`) of live row feature `i`: writes `rho_ij` into `rho`, folds
+/// it into the column maxima and returns the row's best `(j, rho)` (smallest `j` on ties;
+/// `None` when every column is dead).
+fn scan_row(
+    s: &[f64],
+    (i, c, x): (u32, f64, f64),
+    cols: &Columns,
+    rho: &mut [f64],
+    best: &mut ColumnBest,
+) -> Option<(u32, f32)> {
+    let n = s.len();
+    let (u, w, pen) = (&cols.u[..n], &cols.w[..n], &cols.pen[..n]);
+    let (bv, br) = (&mut best.value[..n], &mut best.row[..n]);
+    let rho = &mut rho[..n];
+    for j in 0..n {
+        let r = s[j] * (c * u[j]) - x * w[j] + pen[j];
+        rho[j] = r;
+        let gt = r > bv[j];
+        bv[j] = if gt { r } else { bv[j] };
+        br[j] = if gt { i } else { br[j] };
+    }
+    // Eight independent running maxima so that the reduction vectorises.
+    let mut m = [f64::NEG_INFINITY; 8];
+    let mut chunks = rho.chunks_exact(8);
+    for ch in &mut chunks {
+        for k in 0..8 {
+            m[k] = if ch[k] > m[k] { ch[k] } else { m[k] };
+        }
+    }
+    let top = chunks
+        .remainder()
+        .iter()
+        .chain(&m)
+        .fold(f64::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    if top == f64::NEG_INFINITY {
+        return None;
+    }
+    let j = rho
+        .iter()
+        .position(|&r| r == top)
+        .expect("the maximum is in the row");
+    Some((j as u32, top as f32))
+}
+
+/// [`pearson`]'s maxima both ways from dense tiles of the sums (stored plus pending), one
+/// pass: each tile's rows give `a`'s maxima, and its columns fold into running column
+/// maxima, merged over rayon's folds (the smaller index wins ties, so results do not depend
+/// on the thread count).
+fn best_pearson_tiles(
+    stats: &CoStats,
+    ma: &Moments,
+    mb: &Moments,
     n: f64,
-) -> Vec<Option<(u32, f32)>> {
-    (0..rows.sd.len())
-        .into_par_iter()
-        .map(|i| {
-            let (mi, si) = (rows.mean[i], rows.sd[i]);
-            if si == 0.0 {
-                return None;
-            }
-            let mut best: Option<(u32, f64)> = None;
-            for j in 0..cols.sd.len() {
-                let sj = cols.sd[j];
-                if sj == 0.0 {
-                    continue;
+) -> (Vec<Best>, Vec<Best>) {
+    let (n_a, n_b) = (stats.n_a, stats.n_b);
+    let mut best_a = vec![None; n_a];
+    if n_a == 0 || n_b == 0 {
+        return (best_a, vec![None; n_b]);
+    }
+    let cols = Columns::new(mb);
+    let rows = stats.pending.rows();
+    let best = best_a
+        .par_chunks_mut(rows)
+        .enumerate()
+        .fold(
+            || (ColumnBest::new(n_b), Vec::new(), vec![0.0; n_b]),
+            |(mut best, mut buf, mut rho), (blk, out)| {
+                let tile = stats.tile(blk, &mut buf);
+                for (k, (s, slot)) in tile.chunks(n_b).zip(out.iter_mut()).enumerate() {
+                    let i = blk * rows + k;
+                    let sd = ma.sd[i];
+                    if sd > 0.0 {
+                        let row = (i as u32, 1.0 / (n * sd), ma.mean[i] / sd);
+                        *slot = scan_row(s, row, &cols, &mut rho, &mut best);
+                    }
                 }
-                let s = if by_col {
-                    d[j * n_b + i]
-                } else {
-                    d[i * n_b + j]
-                };
-                let r = (s / n - mi * cols.mean[j]) / (si * sj);
-                if best.is_none_or(|(_, br)| r > br) {
-                    best = Some((j as u32, r));
-                }
-            }
-            best.map(|(j, r)| (j, r as f32))
-        })
-        .collect()
+                (best, buf, rho)
+            },
+        )
+        .map(|(best, _, _)| best)
+        .reduce_with(|x, y| x.merge(&y))
+        .unwrap_or_else(|| ColumnBest::new(n_b));
+    let best_b = (0..n_b)
+        .map(|j| (best.row[j] != u32::MAX).then(|| (best.row[j], best.value[j] as f32)))
+        .collect();
+    (best_a, best_b)
 }
 
 fn mean_best(best: &[Option<(u32, f32)>]) -> f64 {
@@ -479,15 +777,15 @@ pub fn pearson(stats: &CoStats) -> CorrelationSummary {
     let n = stats.tokens.max(1) as f64;
     let ma = moments(&stats.sum_a, &stats.sq_a, n);
     let mb = moments(&stats.sum_b, &stats.sq_b, n);
-    let (best_a, best_b) = match &stats.dense {
-        Some(d) => (
-            best_pearson_dense(d, stats.n_b, false, &ma, &mb, n),
-            best_pearson_dense(d, stats.n_b, true, &mb, &ma, n),
-        ),
-        None => (
-            best_pearson(&stats.cross, &ma, &mb, n),
-            best_pearson(&CoStats::cross_by_b(&stats.cross, stats.n_b), &mb, &ma, n),
-        ),
+    let (best_a, best_b) = match &stats.sums {
+        Sums::Dense(_) => best_pearson_tiles(stats, &ma, &mb, n),
+        Sums::Sparse(_) => {
+            let cross = stats.cross_rows();
+            (
+                best_pearson(&cross, &ma, &mb, n),
+                best_pearson(&CoStats::cross_by_b(&cross, stats.n_b), &mb, &ma, n),
+            )
+        }
     };
     let alive_a = ma.sd.iter().filter(|&&s| s > 0.0).count();
     let alive_b = mb.sd.iter().filter(|&&s| s > 0.0).count();

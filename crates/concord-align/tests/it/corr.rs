@@ -3,6 +3,7 @@
 use concord_align::corr::{
     CoStats, Span, SpanRule, SparseBatch, align_spans, correlate, pearson, permutation_null,
 };
+use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -184,4 +185,206 @@ fn spans_pair_by_shared_end_or_containing_token() {
     let pairs = align_spans(&a, &b, SpanRule::SameEnd).unwrap();
     let rows: Vec<u32> = pairs.iter().map(|p| p.0).collect();
     assert_eq!(acts_a.select(&rows).values, vec![2.0, 3.0, 5.0]);
+}
+
+/// A random activation pair with the awkward cases: empty tokens, features never active,
+/// constant features (dead for Pearson), negative values; row-major `(t, n_a)`, `(t, n_b)`.
+fn awkward(t: usize, n_a: usize, n_b: usize, density: f64, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut side = |n: usize| {
+        let mut x = vec![0.0f32; t * n];
+        // Per feature: 0 normal, 1 never active, 2 constant on every token.
+        let kind: Vec<u8> = (0..n)
+            .map(|_| match rng.random_range(0..10) {
+                0 => 1,
+                1 => 2,
+                _ => 0,
+            })
+            .collect();
+        for s in 0..t {
+            let empty = rng.random::<f64>() < 0.2;
+            for j in 0..n {
+                x[s * n + j] = match kind[j] {
+                    1 => 0.0,
+                    2 => 0.75,
+                    _ if !empty && rng.random::<f64>() < density => {
+                        let v = rng.random::<f32>() + 0.05;
+                        if rng.random::<f64>() < 0.1 { -v } else { v }
+                    }
+                    _ => 0.0,
+                };
+            }
+        }
+        x
+    };
+    let a = side(n_a);
+    let b = side(n_b);
+    (a, b)
+}
+
+/// Exact `S = AᵀB` in `f64`, summed in token order.
+fn naive_sums(a: &[f32], b: &[f32], t: usize, n_a: usize, n_b: usize) -> Vec<f64> {
+    let mut s = vec![0.0f64; n_a * n_b];
+    for r in 0..t {
+        for i in 0..n_a {
+            let x = a[r * n_a + i];
+            if x == 0.0 {
+                continue;
+            }
+            for j in 0..n_b {
+                let y = b[r * n_b + j];
+                if y != 0.0 {
+                    s[i * n_b + j] += f64::from(x) * f64::from(y);
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Centred Pearson of every pair by the definition (means subtracted first), `(n_x, n_y)`,
+/// with `None` for constant features (dead).
+fn naive_rho(x: &[f32], y: &[f32], t: usize, n_x: usize, n_y: usize) -> Vec<Option<f64>> {
+    let centred = |z: &[f32], n: usize, j: usize| -> Option<(Vec<f64>, f64)> {
+        let col: Vec<f64> = (0..t).map(|s| f64::from(z[s * n + j])).collect();
+        if col.iter().all(|&v| v == col[0]) {
+            return None;
+        }
+        let m = col.iter().sum::<f64>() / t as f64;
+        let c: Vec<f64> = col.iter().map(|v| v - m).collect();
+        let sd = (c.iter().map(|v| v * v).sum::<f64>() / t as f64).sqrt();
+        Some((c, sd))
+    };
+    let xs: Vec<_> = (0..n_x).map(|j| centred(x, n_x, j)).collect();
+    let ys: Vec<_> = (0..n_y).map(|j| centred(y, n_y, j)).collect();
+    let mut out = Vec::with_capacity(n_x * n_y);
+    for p in &xs {
+        for q in &ys {
+            out.push(match (p, q) {
+                (Some((cp, sp)), Some((cq, sq))) => {
+                    Some(cp.iter().zip(cq).map(|(u, v)| u * v).sum::<f64>() / t as f64 / (sp * sq))
+                }
+                _ => None,
+            });
+        }
+    }
+    out
+}
+
+/// Checks one direction: every live row's best is a true maximum of the naive `rho` row and
+/// the mean of maxima agrees; dead rows and rows with no live column have no best.
+fn check_direction(
+    best: &[Option<(u32, f32)>],
+    mean: f64,
+    rho: &[Option<f64>],
+    n_y: usize,
+) -> Result<(), TestCaseError> {
+    let mut maxima = Vec::new();
+    for (i, got) in best.iter().enumerate() {
+        let row = &rho[i * n_y..(i + 1) * n_y];
+        let want = row
+            .iter()
+            .flatten()
+            .copied()
+            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+        match (got, want) {
+            (None, None) => {}
+            (Some((j, r)), Some(w)) => {
+                let at = row[*j as usize];
+                prop_assert!(at.is_some(), "row {i}: best column {j} is dead");
+                prop_assert!((at.unwrap() - w).abs() < 1e-9, "row {i}: {at:?} vs max {w}");
+                prop_assert!((f64::from(*r) - w).abs() < 1e-6, "row {i}: {r} vs {w}");
+                maxima.push(w);
+            }
+            _ => prop_assert!(false, "row {i}: got {got:?}, want {want:?}"),
+        }
+    }
+    if maxima.is_empty() {
+        prop_assert!(mean.is_nan());
+    } else {
+        let want = maxima.iter().sum::<f64>() / maxima.len() as f64;
+        prop_assert!((mean - want).abs() < 1e-7, "mean {mean} vs {want}");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The streamed, buffered, tiled accumulation equals the naive dense computation: the
+    /// sums exactly (same products, same token order), the Pearson summary up to rounding,
+    /// whatever the shapes, the batching, the pending-buffer limit and the stored format.
+    /// Wide `b` makes tiles of a few rows of `a`, so several tiles and rayon folds meet.
+    #[test]
+    fn streamed_correlation_equals_naive(
+        seed in 0u64..1_000_000,
+        wide in any::<bool>(),
+        n_a in 0usize..24,
+        n_b_small in 1usize..24,
+        t in 0usize..70,
+        density in 0.02f64..0.4,
+        sparse in any::<bool>(),
+        limit in prop_oneof![Just(Some(0usize)), Just(Some(2_000)), Just(None)],
+    ) {
+        let n_b = if wide { 40_000 + n_b_small } else { n_b_small };
+        let t = if wide { t.min(12) } else { t };
+        let (a, b) = awkward(t, n_a, n_b, if wide { density / 50.0 } else { density }, seed);
+        // Uneven batches, some empty.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let mut cuts = vec![0];
+        while *cuts.last().unwrap() < t {
+            let last = *cuts.last().unwrap();
+            cuts.push((last + rng.random_range(0..=t / 3 + 1)).min(t));
+        }
+        let batches: Vec<(SparseBatch, SparseBatch)> = cuts
+            .windows(2)
+            .map(|w| {
+                let (s, e) = (w[0], w[1]);
+                (
+                    SparseBatch::from_dense(&a[s * n_a..e * n_a], e - s, n_a),
+                    SparseBatch::from_dense(&b[s * n_b..e * n_b], e - s, n_b),
+                )
+            })
+            .collect();
+        let stats = if sparse {
+            CoStats::new_sparse(n_a, n_b)
+        } else {
+            CoStats::new(n_a, n_b)
+        };
+        let mut stats = match limit {
+            Some(bytes) => stats.with_pending_limit(bytes),
+            None => stats,
+        };
+        for (x, y) in &batches {
+            stats.add(x, y).unwrap();
+        }
+        prop_assert_eq!(stats.tokens, t as u64);
+
+        let want = naive_sums(&a, &b, t, n_a, n_b);
+        let rows = stats.cross_rows();
+        prop_assert_eq!(rows.len(), n_a);
+        let mut got = vec![0.0f64; n_a * n_b];
+        for (i, row) in rows.iter().enumerate() {
+            prop_assert!(row.windows(2).all(|w| w[0].0 < w[1].0), "row {} unsorted", i);
+            for &(j, s) in row {
+                prop_assert!(s != 0.0);
+                got[i * n_b + j as usize] = s;
+            }
+        }
+        prop_assert!(got == want, "sums differ from the naive product");
+
+        let p = pearson(&stats);
+        let rho_ab = naive_rho(&a, &b, t, n_a, n_b);
+        let rho_ba = naive_rho(&b, &a, t, n_b, n_a);
+        let live = |x: &[f32], n: usize| {
+            (0..n)
+                .filter(|&j| (0..t).any(|s| x[s * n + j] != x[j]))
+                .count()
+        };
+        prop_assert_eq!(p.alive_a, live(&a, n_a));
+        prop_assert_eq!(p.alive_b, live(&b, n_b));
+        prop_assert_eq!(p.dead_a + p.alive_a, n_a);
+        check_direction(&p.best_a, p.a_to_b, &rho_ab, n_b)?;
+        check_direction(&p.best_b, p.b_to_a, &rho_ba, n_a)?;
+    }
 }

@@ -16,6 +16,7 @@ mod compare;
 pub mod corr;
 mod dict;
 mod error;
+mod kernel;
 mod lap;
 mod matching;
 pub mod metrics;

@@ -9,12 +9,18 @@
 //! prove the matching optimal over all pairs; the numbers are kept in a [`Certificate`].
 //! See `docs/design/matching.md`.
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m512;
+
 use serde::{Deserialize, Serialize};
 
 use crate::dict::{Dict, same_width};
+#[cfg(target_arch = "x86_64")]
+use crate::kernel::lane_mask;
+use crate::kernel::{self, Epilogue, LANES, MR, NR, PackedCols, Sel, Tile};
 use crate::lap::sparse::Graph;
 use crate::lap::{LapSolution, NONE, dense, sparse};
-use crate::scan::{BlockView, Blocking, Scan, ScanOptions, TopK, blocked, scan, similarity_matrix};
+use crate::scan::{Blocking, Scan, ScanOptions, TopK, blocks, scan, similarity_matrix};
 use crate::{Error, Result};
 
 /// Knobs of the matching.
@@ -499,37 +505,16 @@ fn price(
         finish(found, &mut out);
         return out;
     }
-    let sub_r = rows.gather(&r_idx);
-    let sub_c = cols.gather(&c_idx);
-    // Row state: per local row, (largest violation, violating pairs (violation, column, cos)).
-    type RowViol = Vec<(f64, Vec<(f64, u32, f32)>)>;
-    let (_, row_states): (Vec<()>, Vec<RowViol>) = blocked(
-        &sub_r,
-        &sub_c,
-        opts.blocking,
-        || (),
-        |r0, r1| vec![(0.0, Vec::new()); r1 - r0],
-        |_, state: &mut RowViol, blk: &BlockView<'_>| {
-            for li in 0..blk.nr {
-                let gi = r_idx[blk.r0 + li] as usize;
-                let ui = u[gi];
-                let crow = &blk.c[li * blk.nc..(li + 1) * blk.nc];
-                let (worst, list) = &mut state[li];
-                for (lj, &w) in crow.iter().enumerate() {
-                    let gj = c_idx[blk.c0 + lj];
-                    let viol = f64::from(w) - ui - v[gj as usize];
-                    if viol > 0.0 && !cand.contains(gi, gj) {
-                        *worst = worst.max(viol);
-                        list.push((viol, gj, w));
-                        if list.len() >= 4 * cap {
-                            keep_worst(list, cap);
-                        }
-                    }
-                }
-            }
-        },
+    let packed = PackedCols::new(&cols.rows, cols.d, Sel::List(&c_idx));
+    let e = PriceEpilogue::new(&r_idx, &c_idx, u, v, cand, cap);
+    let (_, row_states) = kernel::run(
+        &rows.rows,
+        Sel::List(&r_idx),
+        &packed,
+        blocks(opts.blocking),
+        &e,
     );
-    for (li, (_, list)) in row_states.into_iter().flatten().enumerate() {
+    for (li, (_, list)) in row_states.into_iter().flat_map(|(_, r)| r).enumerate() {
         let gi = r_idx[li] as usize;
         for (_, j, w) in list {
             note(gi, j, w, &mut found);
@@ -542,4 +527,146 @@ fn price(
 fn keep_worst(list: &mut Vec<(f64, u32, f32)>, cap: usize) {
     list.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
     list.truncate(cap);
+}
+
+/// Per priced row: (largest violation, violating pairs (violation, column, cos)).
+type RowViol = Vec<(f64, Vec<(f64, u32, f32)>)>;
+
+/// Finds the violating pairs `cos_ij > U_i + V_j` of the rows `r_idx` and columns `c_idx`.
+///
+/// Tiles are filtered in `f32`: a pair passes when `cos_ij - V_j >= U_i - tol_i` with
+/// `tol_i = 1e-5 (1 + |U_i| + max |V|)`, far above the rounding of `V_j` and of the
+/// subtraction, so every violating pair passes; the few that pass are then checked exactly
+/// in `f64`, as the unfiltered loop would.
+struct PriceEpilogue<'a> {
+    r_idx: &'a [u32],
+    c_idx: &'a [u32],
+    u: &'a [f64],
+    v: &'a [f64],
+    /// `U_i - tol_i` per priced row, rounded to `f32`.
+    u_lo: Vec<f32>,
+    /// `V_j` per priced column in `f32`, padded with `+inf` to whole tiles.
+    v_f: Vec<f32>,
+    cand: &'a Candidates,
+    cap: usize,
+}
+
+impl<'a> PriceEpilogue<'a> {
+    fn new(
+        r_idx: &'a [u32],
+        c_idx: &'a [u32],
+        u: &'a [f64],
+        v: &'a [f64],
+        cand: &'a Candidates,
+        cap: usize,
+    ) -> Self {
+        let v_abs = c_idx
+            .iter()
+            .map(|&j| v[j as usize].abs())
+            .fold(0.0f64, f64::max);
+        let u_lo = r_idx
+            .iter()
+            .map(|&i| {
+                let ui = u[i as usize];
+                (ui - 1e-5 * (1.0 + ui.abs() + v_abs)) as f32
+            })
+            .collect();
+        let mut v_f = vec![f32::INFINITY; c_idx.len().div_ceil(NR) * NR];
+        for (x, &j) in v_f.iter_mut().zip(c_idx) {
+            *x = v[j as usize] as f32;
+        }
+        PriceEpilogue {
+            r_idx,
+            c_idx,
+            u,
+            v,
+            u_lo,
+            v_f,
+            cand,
+            cap,
+        }
+    }
+
+    /// The exact check of a pair that passed the filter.
+    #[inline]
+    fn check(&self, state: &mut RowViol, r0: usize, li: usize, lj: usize, w: f32) {
+        let (gi, gj) = (self.r_idx[li] as usize, self.c_idx[lj]);
+        let viol = f64::from(w) - self.u[gi] - self.v[gj as usize];
+        if viol > 0.0 && !self.cand.contains(gi, gj) {
+            let (worst, list) = &mut state[li - r0];
+            *worst = worst.max(viol);
+            list.push((viol, gj, w));
+            if list.len() >= 4 * self.cap {
+                keep_worst(list, self.cap);
+            }
+        }
+    }
+}
+
+impl Epilogue for PriceEpilogue<'_> {
+    type Shared = ();
+    /// The first priced row of the block and its rows' violations.
+    type Rows = (usize, RowViol);
+
+    fn shared(&self) {}
+
+    fn rows(&self, r0: usize, r1: usize) -> (usize, RowViol) {
+        (r0, vec![(0.0, Vec::new()); r1 - r0])
+    }
+
+    fn visit(&self, _: &mut (), r: &mut (usize, RowViol), t: Tile, c: &[[f32; NR]; MR]) {
+        for (i, ci) in c.iter().enumerate().take(t.nr) {
+            let li = t.r0 + i;
+            for (j, &w) in ci.iter().enumerate().take(t.nc) {
+                if w - self.v_f[t.c0 + j] >= self.u_lo[li] {
+                    self.check(&mut r.1, r.0, li, t.c0 + j, w);
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn visit_avx512(
+        &self,
+        _: &mut (),
+        r: &mut (usize, RowViol),
+        t: Tile,
+        acc: &[[__m512; 2]; MR],
+    ) {
+        use std::arch::x86_64::*;
+        let masks = [lane_mask(t.nc, 0), lane_mask(t.nc, 1)];
+        assert!(t.c0 + NR <= self.v_f.len());
+        // SAFETY: the padded `v_f` holds whole tiles (checked above).
+        let vs = unsafe {
+            [
+                _mm512_loadu_ps(self.v_f.as_ptr().add(t.c0)),
+                _mm512_loadu_ps(self.v_f.as_ptr().add(t.c0 + LANES)),
+            ]
+        };
+        let mut buf = [0.0f32; NR];
+        for (i, row) in acc.iter().enumerate().take(t.nr) {
+            let li = t.r0 + i;
+            let lo = _mm512_set1_ps(self.u_lo[li]);
+            let g0 =
+                _mm512_mask_cmp_ps_mask(masks[0], _mm512_sub_ps(row[0], vs[0]), lo, _CMP_GE_OQ);
+            let g1 =
+                _mm512_mask_cmp_ps_mask(masks[1], _mm512_sub_ps(row[1], vs[1]), lo, _CMP_GE_OQ);
+            let mut g = u32::from(g0) | (u32::from(g1) << LANES);
+            if g == 0 {
+                continue;
+            }
+            // SAFETY: `buf` holds two vectors.
+            unsafe {
+                _mm512_storeu_ps(buf.as_mut_ptr(), row[0]);
+                _mm512_storeu_ps(buf.as_mut_ptr().add(LANES), row[1]);
+            }
+            while g != 0 {
+                let l = g.trailing_zeros() as usize;
+                g &= g - 1;
+                self.check(&mut r.1, r.0, li, t.c0 + l, buf[l]);
+            }
+        }
+    }
 }

@@ -7,9 +7,10 @@
 //!   (default 4096) at `d = CONCORD_BENCH_D` (default 512).
 //! - `align`: the whole comparison at the CLI's defaults (MMCS and exact matching, decoder
 //!   and encoder) on two SAE-like pairs of `CONCORD_BENCH_ALIGN_N` features (default 16384),
-//!   timed once (a run takes tens of seconds); `benches/peers/align.sh` times numpy's MMCS
-//!   plus scipy's `linear_sum_assignment` on the same dictionaries, written for it to
-//!   `$CONCORD_BENCH_RESULTS/align-data/`.
+//!   timed once (a run takes tens of seconds); `CONCORD_BENCH_ALIGN_ENCODER=0` compares the
+//!   decoders only (one pair: one fused pass, one matching, e.g. the 32,768 case).
+//!   `benches/peers/align.sh` times numpy's MMCS plus scipy's `linear_sum_assignment` on the
+//!   same dictionaries, written for it to `$CONCORD_BENCH_RESULTS/align-data/`.
 //! - `correlation`: the streamed centred Pearson summary (both ways) on synthetic sparse
 //!   activations of two 4096-feature SAEs (`CONCORD_BENCH_CORR_TOKENS` tokens, default
 //!   65536, about 32 active features per token), against scipy's sparse `AᵀB` alone.
@@ -130,35 +131,44 @@ fn bench_mmcs(c: &mut Criterion) {
 fn bench_align(_c: &mut Criterion) {
     let n = env_usize("CONCORD_BENCH_ALIGN_N", 16_384);
     let d = env_usize("CONCORD_BENCH_D", 512);
+    let encoder = env_usize("CONCORD_BENCH_ALIGN_ENCODER", 1) != 0;
     if n == 0 {
         return;
     }
     let (dec_a, dec_b) = sae_like_pair(n, n, d, &SaeLike::default(), 2).expect("generator");
-    let (enc_a, enc_b) = sae_like_pair(n, n, d, &SaeLike::default(), 3).expect("generator");
-    for (name, m) in [
-        ("dec_a", &dec_a),
-        ("dec_b", &dec_b),
-        ("enc_a", &enc_a),
-        ("enc_b", &enc_b),
-    ] {
+    let enc = encoder.then(|| sae_like_pair(n, n, d, &SaeLike::default(), 3).expect("generator"));
+    let mut files = vec![("dec_a", &dec_a), ("dec_b", &dec_b)];
+    if let Some((ea, eb)) = &enc {
+        files.extend([("enc_a", ea), ("enc_b", eb)]);
+    }
+    for (name, m) in files {
         write_f32(&format!("{name}_{n}x{d}.f32"), &m.rows);
     }
-    let case = format!("sae-like {n}x{n}, d {d}, decoder + encoder");
+    let kinds = if encoder {
+        "decoder + encoder"
+    } else {
+        "decoder only"
+    };
+    let case = format!("sae-like {n}x{n}, d {d}, {kinds}");
     let t = Instant::now();
     let cmp = compare_dicts(
         &dec_a,
         &dec_b,
-        Some((&enc_a, &enc_b)),
-        &CompareOptions::default(),
+        enc.as_ref().map(|(x, y)| (x, y)),
+        &CompareOptions {
+            encoder,
+            ..CompareOptions::default()
+        },
     )
     .expect("compare");
     let secs = t.elapsed().as_secs_f64();
     let dec = &cmp.matching.decoder;
     let note = format!(
-        "optimal {}, mean cos {:.4}, {} pricing rounds",
-        dec.optimal && cmp.matching.encoder.as_ref().is_some_and(|e| e.optimal),
+        "optimal {}, mean cos {:.4}, {} pricing rounds, process peak RSS {}",
+        dec.optimal && cmp.matching.encoder.as_ref().is_none_or(|e| e.optimal),
         dec.mean_cos,
-        dec.certificate.rounds
+        dec.certificate.rounds,
+        peak_rss()
     );
     record(
         FILE,
@@ -168,6 +178,17 @@ fn bench_align(_c: &mut Criterion) {
         secs,
         &note,
     );
+}
+
+/// The process's peak resident memory so far (`VmHWM`), as Linux reports it.
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Sparse activations `(tokens, n)` of two SAEs whose features are partly related: each active

@@ -66,13 +66,16 @@ def main():
             index.search(x, 1)
         record("mmcs", case, "faiss IndexFlatIP k=1 (both ways)", time.perf_counter() - t)
 
-    # align group: numpy MMCS + scipy matching, decoder and encoder pairs.
+    # align group: numpy MMCS + scipy matching, decoder and encoder pairs (decoders only with
+    # CONCORD_BENCH_ALIGN_ENCODER=0, as on the Rust side).
     if not (data / f"dec_a_{n}x{d}.f32").exists():
         print(f"peer: no align data for n = {n} in {data}; run the Rust bench first")
         return
-    case = f"sae-like {n}x{n}, d {d}, decoder + encoder"
+    encoder = int(os.environ.get("CONCORD_BENCH_ALIGN_ENCODER", 1)) != 0
+    kinds = ("dec", "enc") if encoder else ("dec",)
+    case = f"sae-like {n}x{n}, d {d}, {'decoder + encoder' if encoder else 'decoder only'}"
     total, notes = 0.0, []
-    for kind in ("dec", "enc"):
+    for kind in kinds:
         a, b = load(f"{kind}_a"), load(f"{kind}_b")
         t = time.perf_counter()
         ab, ba, c = numpy_mmcs(a.astype(np.float32), b.astype(np.float32))

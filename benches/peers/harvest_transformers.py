@@ -52,7 +52,7 @@ def block_products(config, name):
     return [(d, d), (d, d), (d, d), (d, d), (d, m), (m, d)]
 
 
-def bench(name, model, ids, dtype, iters, depth):
+def bench(name, model, ids, dtype, iters, depth, quiet=False):
     """Best of `iters` rounds of the forward and, interleaved, of the products alone."""
     model = model.to(dtype).eval()
     xs = [(torch.randn(BATCH * SEQ, i, dtype=dtype), torch.randn(o, i, dtype=dtype))
@@ -76,9 +76,11 @@ def bench(name, model, ids, dtype, iters, depth):
             products()
             best_mm = min(best_mm, time.perf_counter() - t0)
     tokens = BATCH * SEQ
-    print(json.dumps({"model": name, "dtype": str(dtype).removeprefix("torch."), "tokens_per_s": round(tokens / best_fwd),
-                      "products_tokens_per_s": round(tokens / best_mm), "fraction_of_products": round(best_mm / best_fwd, 3)}),
-          flush=True)
+    result = {"model": name, "dtype": str(dtype).removeprefix("torch."), "tokens_per_s": round(tokens / best_fwd),
+              "products_tokens_per_s": round(tokens / best_mm), "fraction_of_products": round(best_mm / best_fwd, 3)}
+    if not quiet:
+        print(json.dumps(result), flush=True)
+    return result
 
 
 def main():

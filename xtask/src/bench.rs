@@ -44,6 +44,8 @@ struct Record {
 pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
     setup::ensure(root, setup::Need::run())?;
     setup::pip_install(root, PEERS)?;
+    // The harvest and training peers time the whole release command.
+    let cli = crate::build_cli(root)?;
     let results = root.join("target/bench-results");
     let _ = fs::remove_dir_all(&results);
     fs::create_dir_all(&results)?;
@@ -67,6 +69,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
                 Command::new("bash")
                     .arg(&script)
                     .env("CONCORD_BENCH_RESULTS", &results)
+                    .env("CONCORD_BIN", &cli)
                     .env("CONCORD_PYTHON", setup::venv_python(root)),
                 &format!("peer benchmark {}", script.display()),
             )?;
@@ -112,7 +115,8 @@ fn render(results: &Path) -> Result<String> {
     let mut md = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand). Each case is \
          measured side by side with its peers in one run; `speed-up` is the fastest peer's time \
-         over ours.\n",
+         over ours. \
+         In the harvest and train groups, seconds are per 65,536 tokens.\n",
     );
     for (group, cases) in groups {
         let _ = write!(

@@ -91,7 +91,8 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 /// Builds the `concord` CLI (release) and runs it with `args`, returning its exit code.
-fn run_cli(root: &Path, args: &[String]) -> Result<ExitCode> {
+/// Builds the release `concord` binary and returns its path.
+fn build_cli(root: &Path) -> Result<PathBuf> {
     status(
         cargo().args([
             "build",
@@ -104,7 +105,11 @@ fn run_cli(root: &Path, args: &[String]) -> Result<ExitCode> {
         ]),
         "cargo build --release -p concord-cli",
     )?;
-    let bin = root.join("target/release/concord");
+    Ok(root.join("target/release/concord"))
+}
+
+fn run_cli(root: &Path, args: &[String]) -> Result<ExitCode> {
+    let bin = build_cli(root)?;
     let status = Command::new(&bin)
         .args(args)
         .status()

@@ -1,0 +1,120 @@
+"""Training benchmark: the whole `concord train` command against a plain PyTorch loop.
+
+A store of SmolLM2-135M's `blocks.6.hook_resid_post` (d = 576) is harvested once. For each case
+our rate is 2N / (t(3N) - t(N)) of the release `concord train` reading that store at its
+defaults (batch 2048, shuffled sequences, checkpoints every 25 steps), so start-up cancels; the
+peer is `train_torch.py` (autograd, Adam, same math, same threads, batch 2048) run right after.
+
+Cases (seconds per 65,536 training tokens are recorded):
+- `relu-l1-faithful` at ratios 4, 8, 32, each on its own;
+- `topk` (k = 32) at ratios 8 and 32 with the sparse decoder kernels (the default) and with
+  them off (`--sparse-max-density 0`): what TopK gains from a sparse decoder;
+- the grid: ratios 4, 8, 32 in one pass over the store against the sum of the three runs
+  one by one.
+
+    CONCORD_BIN=target/release/concord python benches/peers/train_bench.py [--tokens N]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+UNIT = 65536
+HOOK = "blocks.6.hook_resid_post"
+
+
+def run(cmd):
+    env = dict(os.environ, CONCORD_PROGRESS="0")
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=int(os.environ.get("CONCORD_BENCH_TRAIN_TOKENS", 8192)))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if args.tokens <= 0:
+        return
+    n = args.tokens
+    binary = Path(os.environ.get("CONCORD_BIN", ROOT / "target" / "release" / "concord"))
+    python = os.environ.get("CONCORD_PYTHON", "python3")
+    results = Path(os.environ.get("CONCORD_BENCH_RESULTS", ROOT / "target" / "bench-results"))
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / "train.jsonl"
+
+    def record(case, impl, seconds_per_token, peer, note=""):
+        line = {"group": "train", "case": case, "impl": impl, "seconds": UNIT * seconds_per_token,
+                "peer": peer, "note": note}
+        with out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="concord-train-bench-") as tmp:
+        tmp = Path(tmp)
+        store = tmp / "store"
+        corpus = ROOT / "data" / "cache" / "corpus" / "shakespeare.jsonl"
+        run([str(binary), "harvest", "--model", "smollm2-135m", "--hooks", HOOK, "--corpus", str(corpus),
+             "--out", str(store), "--tokens", str(4 * n)])
+        acts = str(store / HOOK)
+
+        def ours(arch, ratios, extra=()):
+            """Seconds per token of `concord train` from an N and a 3N run."""
+            times = []
+            for tokens in (n, 3 * n):
+                dest = tmp / "saes"
+                shutil.rmtree(dest, ignore_errors=True)
+                times.append(run([str(binary), "train", "--acts", acts, "--arch", arch,
+                                  "--ratio", ",".join(map(str, ratios)), "--out", str(dest),
+                                  "--tokens", str(tokens), *extra]))
+                shutil.rmtree(dest, ignore_errors=True)
+            return (times[1] - times[0]) / (2 * n)
+
+        def torch_peer(arch, ratio, extra=()):
+            res = subprocess.run([python, str(HERE / "train_torch.py"), "--arch", arch, "--ratios", str(ratio),
+                                  "--threads", str(args.threads), *extra],
+                                 check=True, capture_output=True, text=True)
+            return 1.0 / json.loads(res.stdout.strip().splitlines()[-1])["tokens_per_s"]
+
+        singles = {}
+        for ratio in (4, 8, 32):
+            case = f"relu-l1-faithful, d 576, ratio 1:{ratio}, batch 2048"
+            t_ours = ours("relu-l1-faithful", [ratio])
+            singles[ratio] = t_ours
+            t_peer = torch_peer("relu-l1-faithful", ratio)
+            record(case, "pytorch loop (autograd, Adam)", t_peer, True, f"{1 / t_peer:.0f} tokens/s")
+            record(case, "concord train (whole command, 3N - N)", t_ours, False,
+                   f"{1 / t_ours:.0f} tokens/s; N = {n}")
+
+        case = "relu-l1-faithful, d 576, ratios 1:4 + 1:8 + 1:32, batch 2048"
+        t_grid = ours("relu-l1-faithful", [4, 8, 32])
+        one_by_one = sum(singles.values())
+        record(case, "concord train, one command per ratio (sum)", one_by_one, True)
+        record(case, "concord train, the grid in one pass", t_grid, False,
+               f"{one_by_one / t_grid:.2f}x the three runs one by one")
+
+        for ratio in (8, 32):
+            case = f"topk k 32, d 576, ratio 1:{ratio}, batch 2048"
+            t_peer = torch_peer("topk", ratio, ["--k", "32"])
+            t_dense = ours("topk", [ratio], ["--k", "32", "--sparse-max-density", "0"])
+            t_sparse = ours("topk", [ratio], ["--k", "32"])
+            record(case, "pytorch loop (autograd, Adam)", t_peer, True, f"{1 / t_peer:.0f} tokens/s")
+            record(case, "concord train (whole command, 3N - N)", t_sparse, False,
+                   f"{1 / t_sparse:.0f} tokens/s; sparse decoder kernels")
+            case += ": sparse against dense decoder"
+            record(case, "concord train, dense decoder (--sparse-max-density 0)", t_dense, True,
+                   f"{1 / t_dense:.0f} tokens/s")
+            record(case, "concord train, sparse decoder (default)", t_sparse, False,
+                   f"{1 / t_sparse:.0f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -64,6 +64,11 @@ pub struct Args {
     /// Steps between checkpoints.
     #[arg(long, default_value_t = 25)]
     checkpoint_every: u64,
+    /// On the CPU, codes with at most this share of active entries use the sparse decoder
+    /// kernels instead of dense products (0 turns them off; results agree to rounding).
+    /// Default: the trainer's measured crossover.
+    #[arg(long)]
+    sparse_max_density: Option<f64>,
 }
 
 /// What a train output folder was made with; a rerun with other settings is refused.
@@ -90,6 +95,9 @@ pub fn run(args: &Args) -> Result<()> {
     let arch: Arch = args.arch.parse()?;
     if args.batch == 0 || args.ratio.contains(&0) || args.tokens == Some(0) {
         bail!("--batch, --ratio and --tokens must be positive");
+    }
+    if let Some(density) = args.sparse_max_density.filter(|d| !(0.0..=1.0).contains(d)) {
+        bail!("--sparse-max-density {density} must be between 0 and 1");
     }
     let mut seeds = args.init_seed.clone();
     seeds.sort_unstable();
@@ -198,6 +206,9 @@ pub fn run(args: &Args) -> Result<()> {
         total_steps: Some(total_steps),
         checkpoint_dir: Some(ckpt.clone()),
         checkpoint_every: args.checkpoint_every,
+        sparse_max_density: args
+            .sparse_max_density
+            .unwrap_or(TrainOptions::default().sparse_max_density),
         ..TrainOptions::default()
     };
     // The trainer writes its checkpoint folder atomically: if it exists, it is whole.

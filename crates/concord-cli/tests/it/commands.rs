@@ -273,3 +273,140 @@ fn harvest_train_eval_align_on_a_small_store() {
         "other settings",
     );
 }
+
+/// Starts `concord args`, kills it (SIGKILL) as soon as `ready()` holds, and says whether it
+/// was killed (false: it finished first).
+fn kill_when(args: &[&str], ready: impl Fn() -> bool) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(args)
+        .env("CONCORD_PROGRESS", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("concord starts");
+    loop {
+        if ready() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Every file under `dir` (relative path, bytes), sorted.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn argv(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn killed_harvest_and_training_resume_to_identical_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus();
+    let harvest = |out: &Path| -> Vec<String> {
+        [
+            "harvest",
+            "--model",
+            "minilm-l6",
+            "--hooks",
+            "blocks.1.hook_mlp_out,blocks.3.hook_resid_post",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--docs",
+            "24",
+            "--context-len",
+            "64",
+            "--batch",
+            "4",
+            "--rows-per-shard",
+            "512",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = dir.path().join("whole");
+    let (ok, err) = concord(&argv(&harvest(&whole)));
+    assert!(ok, "{err}");
+    let killed = dir.path().join("killed");
+    let shard = killed.join("blocks.3.hook_resid_post/part-00002.parquet");
+    assert!(
+        kill_when(&argv(&harvest(&killed)), || shard.exists()),
+        "the harvest finished before it could be killed"
+    );
+    // The manifest exists from the start; killed, it must not claim completion.
+    let manifest = killed.join("blocks.3.hook_resid_post/manifest.json");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(m["complete"], serde_json::json!(false), "{m}");
+    let (ok, err) = concord(&argv(&harvest(&killed)));
+    assert!(ok, "{err}");
+    let (a, b) = (files(&whole), files(&killed));
+    assert!(a.len() > 6, "several shards per hook: {}", a.len());
+    assert_eq!(
+        a.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        b.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.1 == y.1, "{} differs after the resume", x.0.display());
+    }
+
+    let train = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--acts",
+            whole.join("blocks.1.hook_mlp_out").to_str().unwrap(),
+            "--arch",
+            "relu-l1-faithful",
+            "--ratio",
+            "2",
+            "--batch",
+            "128",
+            "--checkpoint-every",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole_saes = dir.path().join("whole-saes");
+    let (ok, err) = concord(&argv(&train(&whole_saes)));
+    assert!(ok, "{err}");
+    let killed_saes = dir.path().join("killed-saes");
+    let ckpt = killed_saes.join(".checkpoint");
+    assert!(
+        kill_when(&argv(&train(&killed_saes)), || ckpt.exists()),
+        "training finished before it could be killed"
+    );
+    let (ok, err) = concord(&argv(&train(&killed_saes)));
+    assert!(ok, "{err}");
+    let name = "blocks.1.hook_mlp_out-relu-l1-faithful-x2-i0-d0";
+    let weights = |d: &Path| std::fs::read(d.join(name).join("sae_weights.safetensors")).unwrap();
+    assert!(
+        weights(&whole_saes) == weights(&killed_saes),
+        "resumed training ends with other weights"
+    );
+}

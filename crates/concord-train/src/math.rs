@@ -9,7 +9,7 @@
 use tch::{Kind, Tensor};
 
 use crate::Result;
-use crate::sparse::{self, Codes};
+use crate::sparse::{self, Codes, Isa};
 use crate::spec::{Arch, Hyper};
 
 /// The trainable tensors of one SAE, in SAELens orientation.
@@ -102,7 +102,7 @@ pub(crate) fn pass(
     knobs: StepKnobs,
     dead: Option<&Tensor>,
 ) -> Result<Pass> {
-    let batch = xs.size()[0];
+    let (batch, d_in) = (xs.size()[0], xs.size()[1] as usize);
     let d_sae = p.w_enc.size()[1];
     let xc = xs.f_sub(b_dec)?;
     // `acts` is ReLU(pre), computed in place: every architecture selects from it.
@@ -125,19 +125,30 @@ pub(crate) fn pass(
     let tail = match arch {
         Arch::ReluL1Faithful | Arch::ReluL1 => match cpu_f32_slice(&acts) {
             Some(dense) => {
-                // One pass counts the active entries per feature; sparse enough codes are
-                // then gathered into CSR from the same memory.
-                let (counts, l1_sum) = sparse::column_stats(dense, d_sae as usize);
-                let nnz: u64 = counts.iter().map(|&c| u64::from(c)).sum();
-                if (nnz as f64) < knobs.sparse_max_density * (batch * d_sae) as f64 {
-                    let codes = Codes::from_dense(dense, d_sae as usize);
-                    sparse_tail(&codes, None, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+                // One pass counts the active entries per feature and per row; sparse enough
+                // codes are then gathered into CSR from the same memory.
+                let stats = sparse::column_stats(dense, d_sae as usize);
+                if (stats.nnz() as f64) < knobs.sparse_max_density * (batch * d_sae) as f64 {
+                    let codes =
+                        Codes::from_dense(Isa::detect(), dense, d_sae as usize, &stats.row_counts);
+                    sparse_tail(
+                        &codes,
+                        Some(stats.sum),
+                        None,
+                        xs,
+                        &xc,
+                        &w_dec,
+                        b_dec,
+                        l1,
+                        hyper,
+                        p,
+                    )?
                 } else {
-                    let counts: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
+                    let counts: Vec<f32> = stats.col_counts.iter().map(|&c| c as f32).collect();
                     let counts = Tensor::f_from_slice(&counts)?;
                     dense_tail(
                         &acts,
-                        Some((counts, l1_sum)),
+                        Some((counts, stats.sum)),
                         None,
                         xs,
                         &xc,
@@ -170,7 +181,18 @@ pub(crate) fn pass(
                     }
                     None => None,
                 };
-                sparse_tail(&codes, aux.as_ref(), xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+                sparse_tail(
+                    &codes,
+                    None,
+                    aux.as_ref(),
+                    xs,
+                    &xc,
+                    &w_dec,
+                    b_dec,
+                    l1,
+                    hyper,
+                    p,
+                )?
             } else {
                 let cs = acts.f_zeros_like()?.f_scatter(1, &idx, &vals)?;
                 let aux = match aux {
@@ -210,7 +232,18 @@ pub(crate) fn pass(
                     }
                     None => None,
                 };
-                sparse_tail(&codes, aux.as_ref(), xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+                sparse_tail(
+                    &codes,
+                    None,
+                    aux.as_ref(),
+                    xs,
+                    &xc,
+                    &w_dec,
+                    b_dec,
+                    l1,
+                    hyper,
+                    p,
+                )?
             } else {
                 let cs = flat
                     .f_zeros_like()?
@@ -241,22 +274,33 @@ pub(crate) fn pass(
         .f_mm(&p.w_enc.f_tr()?)?
         .f_squeeze_dim(0)?;
     let _ = g_b_dec.f_sub_(&through_enc)?;
-    let g_w_dec = match &norms {
-        // d/dW of W / |W| (row-wise): (G - Wn * <G, Wn>) / |W|.
-        Some(n) => {
-            let dot = g_wdec
-                .f_mul(&w_dec)?
-                .f_sum_dim_intlist(1i64, true, Kind::Float)?;
-            g_wdec.f_sub(&w_dec.f_mul(&dot)?)?.f_div(n)?
-        }
-        // Unit-norm decoder: remove the gradient component parallel to each row.
-        None => {
-            let dot = g_wdec
-                .f_mul(&p.w_dec)?
-                .f_sum_dim_intlist(1i64, true, Kind::Float)?;
-            g_wdec.f_sub(&p.w_dec.f_mul(&dot)?)?
-        }
+    // The faithful decoder is normalised at use: d/dW of W / |W| (row-wise) is
+    // (G - Wn * <G, Wn>) / |W|. A unit-norm decoder removes the gradient component parallel
+    // to each row: G - W * <G, W>.
+    let unit = match &norms {
+        Some(_) => &w_dec,
+        None => &p.w_dec,
     };
+    let mut g_w_dec = g_wdec;
+    let norms_t = norms.as_ref().map(Tensor::f_contiguous).transpose()?;
+    let fused = match (
+        cpu_f32_slice(unit),
+        norms_t.as_ref().map(cpu_f32_slice),
+        cpu_f32_slice_mut(&mut g_w_dec),
+    ) {
+        (Some(w), Some(Some(n)), Some(g)) => project_rows(g, w, Some(n), d_in),
+        (Some(w), None, Some(g)) => project_rows(g, w, None, d_in),
+        _ => false,
+    };
+    if !fused {
+        let dot = g_w_dec
+            .f_mul(unit)?
+            .f_sum_dim_intlist(1i64, true, Kind::Float)?;
+        g_w_dec = g_w_dec.f_sub(&unit.f_mul(&dot)?)?;
+        if let Some(n) = &norms {
+            g_w_dec = g_w_dec.f_div(n)?;
+        }
+    }
     let l0 = counts.f_sum(Kind::Float)?.f_div_scalar(batch as f64)?;
     let fired = counts.f_gt(0.0)?;
     let loss = mse.f_add(&extra)?;
@@ -376,10 +420,12 @@ fn dense_tail(
     })
 }
 
-/// The decoder path on the sparse CPU kernels (same math as [`dense_tail`]).
+/// The decoder path on the sparse CPU kernels (same math as [`dense_tail`]): `codes
+/// (batch, d_sae)` with their L1 sum when the caller has it, `aux` AuxK's codes and scale.
 #[allow(clippy::too_many_arguments)]
 fn sparse_tail(
     codes: &Codes,
+    l1_sum: Option<f64>,
     aux: Option<&(Codes, f64)>,
     xs: &Tensor,
     xc: &Tensor,
@@ -391,70 +437,88 @@ fn sparse_tail(
 ) -> Result<Tail> {
     let (batch, d_in) = (xs.size()[0], xs.size()[1]);
     let (b, d, n) = (batch as usize, d_in as usize, codes.n);
-    let dev = xs.device();
-    let w: Vec<f32> = to_f32(w_dec)?;
-    let x: Vec<f32> = to_f32(xs)?;
-    let xcv: Vec<f32> = to_f32(xc)?;
-    let bias: Vec<f32> = to_f32(b_dec)?;
-    let mut x_hat = codes.decode(&w, d);
-    for row in x_hat.chunks_exact_mut(d) {
-        row.iter_mut().zip(&bias).for_each(|(o, b)| *o += b);
+    let isa = Isa::detect();
+    let (w_t, x_t, xc_t, bias_t) = (
+        cpu_contiguous(w_dec)?,
+        cpu_contiguous(xs)?,
+        cpu_contiguous(xc)?,
+        cpu_contiguous(b_dec)?,
+    );
+    let [w, x, xcv, bias] = [&w_t, &x_t, &xc_t, &bias_t].map(|t| cpu_f32_slice(t).unwrap_or(&[]));
+    let mut g_xhat = codes.decode(isa, w, d);
+    // g_xhat <- x_hat + b_dec - xs (the error), then scaled into the MSE's gradient.
+    let mut sq = 0.0f64;
+    for (row, xr) in g_xhat.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let mut row_sq = 0.0f32;
+        for ((o, bias), x) in row.iter_mut().zip(bias).zip(xr) {
+            *o += bias - x;
+            row_sq += *o * *o;
+        }
+        sq += f64::from(row_sq);
     }
-    let err: Vec<f32> = x_hat.iter().zip(&x).map(|(h, x)| h - x).collect();
+    let err = (aux.is_some()).then(|| g_xhat.clone());
     let inv = 2.0 / (b * d) as f32;
-    let g_xhat: Vec<f32> = err.iter().map(|e| e * inv).collect();
-    let sq: f64 = err.iter().map(|&e| f64::from(e) * f64::from(e)).sum();
+    g_xhat.iter_mut().for_each(|e| *e *= inv);
     let mse = sq / (b * d) as f64;
-    let mut g_vals = codes.row_dots(&g_xhat, &w, d);
-    let extra = if let Some(l1) = l1 {
+    let byf = codes.by_feature();
+    let mut g_vals = byf.sddmm(isa, &g_xhat, w, d);
+    let mut extra = 0.0;
+    if let Some(l1) = l1 {
         let c = (l1 / batch as f64) as f32;
         g_vals.iter_mut().for_each(|g| *g += c);
-        codes.val.iter().map(|&v| f64::from(v)).sum::<f64>() * l1 / batch as f64
-    } else {
-        0.0
-    };
-    let mut outs = vec![vec![0.0f32; n * d], vec![0.0f32; n * d]];
-    codes.accumulate_t(&[(&codes.val, &g_xhat), (&g_vals, &xcv)], d, &mut outs);
-    let mut g_b_enc = codes.column_sums(&g_vals);
-    let mut extra = extra;
-    if let Some((ac, scale)) = aux {
-        // AuxK: e_hat = aux W_dec (raw decoder; TopK variants are unit norm), r = -err.
-        let wr: Vec<f32> = to_f32(&p.w_dec)?;
-        let e_hat = ac.decode(&wr, d);
-        let diff: Vec<f32> = e_hat.iter().zip(&err).map(|(e, r)| e + r).collect();
-        let coef = hyper.auxk_alpha * scale;
-        extra = diff
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            * coef
-            / (b * d) as f64;
-        let gc = (coef * 2.0 / (b * d) as f64) as f32;
-        let g_ehat: Vec<f32> = diff.iter().map(|v| v * gc).collect();
-        let g_aux = ac.row_dots(&g_ehat, &wr, d);
-        ac.accumulate_t(&[(&ac.val, &g_ehat), (&g_aux, &xcv)], d, &mut outs);
-        for (o, a) in g_b_enc.iter_mut().zip(ac.column_sums(&g_aux)) {
-            *o += a;
+        let sum = l1_sum.unwrap_or_else(|| byf.val.iter().map(|&v| f64::from(v)).sum());
+        extra = sum * l1 / batch as f64;
+    }
+    let mut g_wdec = Tensor::f_zeros([n as i64, d_in], (Kind::Float, tch::Device::Cpu))?;
+    let mut g_wenc_t = g_wdec.f_zeros_like()?;
+    let mut g_b_enc = byf.column_sums(&g_vals);
+    {
+        // Both are fresh tensors of their own; empty ones (no features) have no slice.
+        let gd = cpu_f32_slice_mut(&mut g_wdec).unwrap_or_default();
+        let ge = cpu_f32_slice_mut(&mut g_wenc_t).unwrap_or_default();
+        byf.accumulate(isa, &byf.val, &g_xhat, d, gd);
+        byf.accumulate(isa, &g_vals, xcv, d, ge);
+        if let (Some((ac, scale)), Some(err)) = (aux, err) {
+            // AuxK: e_hat = aux W_dec (raw decoder; TopK variants are unit norm), r = -err.
+            let wr_t = cpu_contiguous(&p.w_dec)?;
+            let wr = cpu_f32_slice(&wr_t).unwrap_or(&[]);
+            let mut diff = ac.decode(isa, wr, d);
+            diff.iter_mut().zip(&err).for_each(|(e, r)| *e += r);
+            let coef = hyper.auxk_alpha * scale;
+            extra = diff
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                * coef
+                / (b * d) as f64;
+            let gc = (coef * 2.0 / (b * d) as f64) as f32;
+            let g_ehat: Vec<f32> = diff.iter().map(|v| v * gc).collect();
+            let acf = ac.by_feature();
+            let g_aux = acf.sddmm(isa, &g_ehat, wr, d);
+            acf.accumulate(isa, &acf.val, &g_ehat, d, gd);
+            acf.accumulate(isa, &g_aux, xcv, d, ge);
+            for (o, a) in g_b_enc.iter_mut().zip(acf.column_sums(&g_aux)) {
+                *o += a;
+            }
         }
     }
-    let mut counts = vec![0.0f32; n];
-    for &c in &codes.col {
-        counts[c as usize] += 1.0;
-    }
-    let t = |v: &[f32], shape: &[i64]| -> Result<Tensor> {
-        Ok(Tensor::f_from_slice(v)?.f_view(shape)?.f_to_device(dev)?)
-    };
-    let g_xhat_t = t(&g_xhat, &[batch, d_in])?;
-    let [g_wdec, g_wenc_t] = [&outs[0], &outs[1]].map(|o| t(o, &[n as i64, d_in]));
+    let g_xhat_t = Tensor::f_from_slice(&g_xhat)?.f_view([batch, d_in])?;
     Ok(Tail {
         extra: Tensor::f_from_slice(&[extra as f32])?.f_view([])?,
         mse: Tensor::f_from_slice(&[mse as f32])?.f_view([])?,
-        counts: t(&counts, &[n as i64])?,
+        counts: Tensor::f_from_slice(&byf.counts())?,
         g_b_dec: sum0(&g_xhat_t)?,
-        g_wdec: g_wdec?,
-        g_w_enc: g_wenc_t?.f_tr()?.f_contiguous()?,
-        g_b_enc: t(&g_b_enc, &[n as i64])?,
+        g_wdec,
+        g_w_enc: g_wenc_t.f_tr()?.f_contiguous()?,
+        g_b_enc: Tensor::f_from_slice(&g_b_enc)?,
     })
+}
+
+/// `t` as a contiguous f32 CPU tensor (itself when it is one already).
+fn cpu_contiguous(t: &Tensor) -> Result<Tensor> {
+    Ok(t.f_to_device(tch::Device::Cpu)?
+        .f_to_kind(Kind::Float)?
+        .f_contiguous()?)
 }
 
 /// Adam's two moment estimates of one SAE, in [`Params`] order.
@@ -544,6 +608,40 @@ fn plain_cpu_f32(t: &Tensor, numel: usize) -> bool {
         && t.kind() == Kind::Float
         && t.is_contiguous()
         && t.numel() == numel
+}
+
+/// The decoder gradient's projection in one parallel pass over the rows of `g (rows, d)`, in
+/// place: `(g - w <g, w>) / norm` with `w (rows, d)` unit rows and `norms (rows)` (`None`: no
+/// division). `false` (nothing done) when the lengths disagree.
+fn project_rows(g: &mut [f32], w: &[f32], norms: Option<&[f32]>, d: usize) -> bool {
+    use rayon::prelude::*;
+    if d == 0 || g.len() != w.len() || norms.is_some_and(|n| n.len() * d != g.len()) {
+        return false;
+    }
+    g.par_chunks_mut(d * 64)
+        .zip(w.par_chunks(d * 64))
+        .enumerate()
+        .for_each(|(block, (g, w))| {
+            for (i, (g, w)) in g.chunks_exact_mut(d).zip(w.chunks_exact(d)).enumerate() {
+                // Sixteen lanes of partial sums: vectorised, in a fixed order.
+                let mut lanes = [0.0f32; 16];
+                let (gc, wc) = (g.chunks_exact(16), w.chunks_exact(16));
+                for (l, (x, y)) in gc.remainder().iter().zip(wc.remainder()).enumerate() {
+                    lanes[l] += x * y;
+                }
+                for (x, y) in gc.zip(wc) {
+                    for l in 0..16 {
+                        lanes[l] += x[l] * y[l];
+                    }
+                }
+                let dot: f32 = lanes.iter().sum();
+                let inv = norms.map_or(1.0, |n| 1.0 / n[block * 64 + i]);
+                for (x, y) in g.iter_mut().zip(w) {
+                    *x = (*x - y * dot) * inv;
+                }
+            }
+        });
+    true
 }
 
 /// Adam on CPU tensors in one fused, parallel pass; `false` (nothing done) when a tensor is

@@ -3,11 +3,36 @@
 //! of the active codes and both weight gradients cost `O(nnz * d_in)` instead of
 //! `O(batch * d_sae * d_in)`; only the encoder product stays dense.
 //!
-//! Codes are held in compressed rows (CSR). Every output element is written by one task in a
-//! fixed order (rows in ascending order within a feature), so results do not depend on thread
-//! scheduling and CPU runs stay bitwise repeatable.
+//! Codes are built once per step in compressed rows ([`Codes`], CSR: decoding, one row of
+//! `x_hat` per token) and transposed once into compressed columns ([`ByFeature`], CSC: the
+//! gradient of the active codes and both weight gradients, one row of `(d_sae, d_in)` per
+//! feature). Each active entry then costs row-length vector work on contiguous rows
+//! ([`simd`]: AVX-512 when the CPU has it), and the loops are tiled so that the gathered rows
+//! come from the L2 cache: decoding walks the features in tiles of ~1 MiB of decoder rows for
+//! a block of tokens; the by-feature kernels walk the tokens in tiles of ~1 MiB of token rows
+//! for a block of features.
+//!
+//! Every output element is written by one task, summing its terms in ascending order (features
+//! within a token, tokens within a feature) whatever the tiling, so results do not depend on
+//! thread scheduling and CPU runs stay bitwise repeatable.
+
+mod simd;
 
 use rayon::prelude::*;
+
+pub(crate) use simd::Isa;
+
+/// Tokens per parallel task of the by-token kernels.
+const TASK_ROWS: usize = 64;
+/// Features per parallel task of the by-feature kernels.
+const TASK_FEATURES: usize = 64;
+/// Bytes of gathered rows per tile: half a core's 2 MiB L2, leaving room for the outputs.
+const TILE_BYTES: usize = 1 << 20;
+
+/// Rows of `d` f32 values per tile of gathered rows.
+fn tile_rows(d: usize) -> usize {
+    (TILE_BYTES / (4 * d.max(1))).max(16)
+}
 
 /// Sparse codes `(rows, n)` in CSR form.
 #[derive(Debug, Default)]
@@ -40,23 +65,51 @@ impl Codes {
         }
     }
 
-    /// The positive entries of a dense row-major `(rows, n)` matrix.
-    pub fn from_dense(dense: &[f32], n: usize) -> Codes {
-        let rows: Vec<(Vec<u32>, Vec<f32>)> = dense
-            .par_chunks(n)
-            .map(|row| {
-                let mut c = Vec::new();
-                let mut v = Vec::new();
-                for (j, &x) in row.iter().enumerate() {
-                    if x > 0.0 {
-                        c.push(j as u32);
-                        v.push(x);
-                    }
+    /// The positive entries of a dense row-major `(rows, n)` matrix whose rows hold
+    /// `row_counts (rows)` positive entries each (from [`column_stats`]).
+    pub fn from_dense(isa: Isa, dense: &[f32], n: usize, row_counts: &[u32]) -> Codes {
+        let rows = row_counts.len();
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        row_ptr.push(0);
+        for &c in row_counts {
+            row_ptr.push(row_ptr[row_ptr.len() - 1] + c as usize);
+        }
+        let nnz = row_ptr[rows];
+        let (mut col, mut val) = (vec![0u32; nnz], vec![0.0f32; nnz]);
+        if n > 0 {
+            // Each task fills the entries of its rows, a contiguous part of `col` and `val`.
+            let mut parts = Vec::new();
+            let (mut cr, mut vr) = (col.as_mut_slice(), val.as_mut_slice());
+            for b0 in (0..rows).step_by(TASK_ROWS) {
+                let b1 = (b0 + TASK_ROWS).min(rows);
+                let len = row_ptr[b1] - row_ptr[b0];
+                let (c, c_rest) = cr.split_at_mut(len);
+                let (v, v_rest) = vr.split_at_mut(len);
+                (cr, vr) = (c_rest, v_rest);
+                parts.push((b0, b1, c, v));
+            }
+            parts.into_par_iter().for_each(|(b0, b1, c, v)| {
+                let mut k = 0;
+                for b in b0..b1 {
+                    let len = row_counts[b] as usize;
+                    let got = simd::compress_positive(
+                        isa,
+                        &dense[b * n..(b + 1) * n],
+                        &mut c[k..k + len],
+                        &mut v[k..k + len],
+                    );
+                    assert_eq!(got, len, "row {b}: positive entries changed while counted");
+                    k += len;
                 }
-                (c, v)
-            })
-            .collect();
-        Codes::from_rows(n, &rows)
+            });
+        }
+        Codes {
+            rows,
+            n,
+            row_ptr,
+            col,
+            val,
+        }
     }
 
     /// Per-row top-k selections `idx, val (rows, k)`; entries with `val <= 0` are inactive.
@@ -101,77 +154,184 @@ impl Codes {
     }
 
     /// `(rows, d)`: row `b` is `sum_j val_bj * w[j]` with `w (n, d)` row-major.
-    pub fn decode(&self, w: &[f32], d: usize) -> Vec<f32> {
+    pub fn decode(&self, isa: Isa, w: &[f32], d: usize) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * d];
-        out.par_chunks_mut(d).enumerate().for_each(|(b, o)| {
-            for e in self.row_ptr[b]..self.row_ptr[b + 1] {
-                let j = self.col[e] as usize;
-                let v = self.val[e];
-                o.iter_mut()
-                    .zip(&w[j * d..(j + 1) * d])
-                    .for_each(|(o, w)| *o += v * w);
+        if d == 0 {
+            return out;
+        }
+        let ft = tile_rows(d);
+        out.par_chunks_mut(d * TASK_ROWS)
+            .enumerate()
+            .for_each(|(task, o)| {
+                let b0 = task * TASK_ROWS;
+                let mut cur: Vec<usize> = self.row_ptr[b0..b0 + o.len() / d].to_vec();
+                for f1 in tile_ends(self.n, ft) {
+                    for (i, o) in o.chunks_exact_mut(d).enumerate() {
+                        let (s, end) = (cur[i], self.row_ptr[b0 + i + 1]);
+                        let e = s + self.col[s..end].partition_point(|&c| (c as usize) < f1);
+                        simd::axpy_gather(isa, o, w, &self.col[s..e], &self.val[s..e]);
+                        cur[i] = e;
+                    }
+                }
+            });
+        out
+    }
+
+    /// The same entries ordered by feature.
+    pub fn by_feature(&self) -> ByFeature {
+        // Entries per feature: partial counts per block of rows, summed (integers: any order).
+        let partial: Vec<Vec<u32>> = self
+            .row_ptr
+            .par_windows(2)
+            .chunks(TASK_ROWS * 4)
+            .map(|rows| {
+                let mut counts = vec![0u32; self.n];
+                if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+                    for &c in &self.col[first[0]..last[1]] {
+                        counts[c as usize] += 1;
+                    }
+                }
+                counts
+            })
+            .collect();
+        let mut col_ptr = vec![0usize; self.n + 1];
+        for j in 0..self.n {
+            let c: usize = partial.iter().map(|p| p[j] as usize).sum();
+            col_ptr[j + 1] = col_ptr[j] + c;
+        }
+        let nnz = self.nnz();
+        let (mut row, mut val) = (vec![0u32; nnz], vec![0.0f32; nnz]);
+        // Each task fills the columns of one block of features, a contiguous part of `row`
+        // and `val`, scanning the tokens in order (so tokens ascend within a feature).
+        let mut parts = Vec::new();
+        let (mut rr, mut vr) = (row.as_mut_slice(), val.as_mut_slice());
+        for j0 in (0..self.n).step_by(TASK_FEATURES * 4) {
+            let j1 = (j0 + TASK_FEATURES * 4).min(self.n);
+            let len = col_ptr[j1] - col_ptr[j0];
+            let (r, r_rest) = rr.split_at_mut(len);
+            let (v, v_rest) = vr.split_at_mut(len);
+            (rr, vr) = (r_rest, v_rest);
+            parts.push((j0, j1, r, v));
+        }
+        parts.into_par_iter().for_each(|(j0, j1, r, v)| {
+            let mut fill: Vec<usize> = col_ptr[j0..j1].iter().map(|p| p - col_ptr[j0]).collect();
+            for b in 0..self.rows {
+                let cols = &self.col[self.row_ptr[b]..self.row_ptr[b + 1]];
+                let s = cols.partition_point(|&c| (c as usize) < j0);
+                let e = cols.partition_point(|&c| (c as usize) < j1);
+                for (k, &c) in cols[s..e].iter().enumerate() {
+                    let f = &mut fill[c as usize - j0];
+                    r[*f] = b as u32;
+                    v[*f] = self.val[self.row_ptr[b] + s + k];
+                    *f += 1;
+                }
             }
+        });
+        ByFeature {
+            rows: self.rows,
+            n: self.n,
+            col_ptr,
+            row,
+            val,
+        }
+    }
+}
+
+/// The ends of consecutive tiles of `tile` items covering `0..n`.
+fn tile_ends(n: usize, tile: usize) -> impl Iterator<Item = usize> {
+    (1..=n.div_ceil(tile)).map(move |t| (t * tile).min(n))
+}
+
+/// Sparse codes `(rows, n)` in CSC form: the entries of [`Codes`] ordered by feature, tokens
+/// ascending within a feature.
+#[derive(Debug, Default)]
+pub(crate) struct ByFeature {
+    pub rows: usize,
+    pub n: usize,
+    /// `(n + 1)`: feature `j`'s entries are `col_ptr[j]..col_ptr[j + 1]`.
+    pub col_ptr: Vec<usize>,
+    /// The token (row) of each entry.
+    pub row: Vec<u32>,
+    pub val: Vec<f32>,
+}
+
+impl ByFeature {
+    /// `(n)`: active entries per feature, as f32.
+    pub fn counts(&self) -> Vec<f32> {
+        self.col_ptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f32)
+            .collect()
+    }
+
+    /// The work of one block of features: for each tile of tokens (so that the gathered
+    /// token rows stay in cache) and each feature `j` of `j0..j0 + len`, `f(j, entries)` with
+    /// the range of `j`'s entries whose tokens fall in the tile.
+    fn for_each_tile(
+        &self,
+        d: usize,
+        j0: usize,
+        len: usize,
+        mut f: impl FnMut(usize, std::ops::Range<usize>),
+    ) {
+        let mut cur = self.col_ptr[j0..j0 + len].to_vec();
+        for t1 in tile_ends(self.rows, tile_rows(d)) {
+            for (i, c) in cur.iter_mut().enumerate() {
+                let j = j0 + i;
+                let (s, end) = (*c, self.col_ptr[j + 1]);
+                let e = s + self.row[s..end].partition_point(|&b| (b as usize) < t1);
+                f(j, s..e);
+                *c = e;
+            }
+        }
+    }
+
+    /// `(nnz)`, in this layout's order: for each entry `(b, j)`, `<a[b], w[j]>` with
+    /// `a (rows, d)`, `w (n, d)` row-major (the sampled product `a w^T`).
+    pub fn sddmm(&self, isa: Isa, a: &[f32], w: &[f32], d: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.row.len()];
+        let mut parts = Vec::new();
+        let mut rest = out.as_mut_slice();
+        for j0 in (0..self.n).step_by(TASK_FEATURES) {
+            let j1 = (j0 + TASK_FEATURES).min(self.n);
+            let (o, o_rest) = rest.split_at_mut(self.col_ptr[j1] - self.col_ptr[j0]);
+            rest = o_rest;
+            parts.push((j0, j1, o));
+        }
+        parts.into_par_iter().for_each(|(j0, j1, o)| {
+            let base = self.col_ptr[j0];
+            self.for_each_tile(d, j0, j1 - j0, |j, r| {
+                let o = &mut o[r.start - base..r.end - base];
+                simd::dot_gather(isa, &w[j * d..(j + 1) * d], a, &self.row[r], o);
+            });
         });
         out
     }
 
-    /// `(nnz)`: for each entry `(b, j)`, `<a[b], w[j]>` with `a (rows, d)`, `w (n, d)`.
-    pub fn row_dots(&self, a: &[f32], w: &[f32], d: usize) -> Vec<f32> {
-        let per_row: Vec<Vec<f32>> = (0..self.rows)
-            .into_par_iter()
-            .map(|b| {
-                let ab = &a[b * d..(b + 1) * d];
-                (self.row_ptr[b]..self.row_ptr[b + 1])
-                    .map(|e| {
-                        let j = self.col[e] as usize;
-                        dot(ab, &w[j * d..(j + 1) * d])
-                    })
-                    .collect()
-            })
-            .collect();
-        per_row.concat()
-    }
-
-    /// Transposed products: for each `(coef (nnz), a (rows, d))` pair, the `(n, d)` matrix
-    /// whose row `j` is `sum_{(b, j)} coef_bj * a[b]`, added into `outs`.
-    pub fn accumulate_t(&self, terms: &[(&[f32], &[f32])], d: usize, outs: &mut [Vec<f32>]) {
-        // Counting sort of the entries by feature (stable: rows stay ascending).
-        let mut col_ptr = vec![0usize; self.n + 1];
-        for &c in &self.col {
-            col_ptr[c as usize + 1] += 1;
+    /// `out (n, d) += coef^T a`: row `j` of `out` gains `sum_{(b, j)} coef_bj * a[b]`, with
+    /// `coef (nnz)` in this layout's order and `a (rows, d)` row-major.
+    pub fn accumulate(&self, isa: Isa, coef: &[f32], a: &[f32], d: usize, out: &mut [f32]) {
+        assert_eq!(coef.len(), self.row.len());
+        if d == 0 {
+            return;
         }
-        for j in 0..self.n {
-            col_ptr[j + 1] += col_ptr[j];
-        }
-        let mut fill = col_ptr.clone();
-        let mut order = vec![(0u32, 0u32); self.nnz()];
-        for b in 0..self.rows {
-            for e in self.row_ptr[b]..self.row_ptr[b + 1] {
-                let c = self.col[e] as usize;
-                order[fill[c]] = (b as u32, e as u32);
-                fill[c] += 1;
-            }
-        }
-        for ((coef, a), out) in terms.iter().zip(outs.iter_mut()) {
-            out.par_chunks_mut(d).enumerate().for_each(|(j, o)| {
-                for &(b, e) in &order[col_ptr[j]..col_ptr[j + 1]] {
-                    let c = coef[e as usize];
-                    let b = b as usize;
-                    o.iter_mut()
-                        .zip(&a[b * d..(b + 1) * d])
-                        .for_each(|(o, a)| *o += c * a);
-                }
+        out.par_chunks_mut(d * TASK_FEATURES)
+            .enumerate()
+            .for_each(|(task, o)| {
+                let j0 = task * TASK_FEATURES;
+                self.for_each_tile(d, j0, o.len() / d, |j, r| {
+                    let o = &mut o[(j - j0) * d..(j - j0 + 1) * d];
+                    simd::axpy_gather(isa, o, a, &self.row[r.clone()], &coef[r]);
+                });
             });
-        }
     }
 
-    /// `(n)`: the sum of `coef (nnz)` per feature.
+    /// `(n)`: the sum of `coef (nnz)` (this layout's order) per feature, tokens ascending.
     pub fn column_sums(&self, coef: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.n];
-        for (&c, &v) in self.col.iter().zip(coef) {
-            out[c as usize] += v;
-        }
-        out
+        self.col_ptr
+            .par_windows(2)
+            .map(|w| coef[w[0]..w[1]].iter().sum())
+            .collect()
     }
 }
 
@@ -179,32 +339,73 @@ impl Codes {
 /// so sums do not depend on how rayon schedules the blocks.
 const BLOCK_ROWS: usize = 64;
 
-/// `(n)` counts of positive entries per column of a dense `(rows, n)` matrix, and the sum of
-/// all its positive entries (the L1 norm of ReLU codes).
-pub(crate) fn column_stats(dense: &[f32], n: usize) -> (Vec<u32>, f64) {
-    let parts: Vec<(Vec<u32>, f64)> = dense
+/// What [`column_stats`] counts in a dense `(rows, n)` matrix.
+#[derive(Debug)]
+pub(crate) struct DenseStats {
+    /// `(n)`: positive entries per column.
+    pub col_counts: Vec<u32>,
+    /// `(rows)`: positive entries per row.
+    pub row_counts: Vec<u32>,
+    /// The sum of all positive entries (the L1 norm of ReLU codes).
+    pub sum: f64,
+}
+
+impl DenseStats {
+    pub fn nnz(&self) -> u64 {
+        self.row_counts.iter().map(|&c| u64::from(c)).sum()
+    }
+}
+
+/// Counts the positive entries of a dense `(rows, n)` matrix per column and per row, and sums
+/// them, in one pass.
+pub(crate) fn column_stats(dense: &[f32], n: usize) -> DenseStats {
+    let parts: Vec<(Vec<u32>, Vec<u32>, f64)> = dense
         .par_chunks(n * BLOCK_ROWS)
         .map(|block| {
             let mut counts = vec![0u32; n];
+            let mut rows = Vec::with_capacity(BLOCK_ROWS);
             let mut sum = 0.0f64;
             for row in block.chunks_exact(n) {
-                let mut row_sum = 0.0f32;
-                for (c, &x) in counts.iter_mut().zip(row) {
-                    *c += u32::from(x > 0.0);
-                    row_sum += x.max(0.0);
+                // Sixteen lanes of partial sums let the compiler vectorise in a fixed order.
+                let mut lanes = [0.0f32; 16];
+                let mut lane_counts = [0u32; 16];
+                let full = n / 16 * 16;
+                for (c, x) in counts[..full]
+                    .chunks_exact_mut(16)
+                    .zip(row[..full].chunks_exact(16))
+                {
+                    for l in 0..16 {
+                        let pos = x[l] > 0.0;
+                        c[l] += u32::from(pos);
+                        lane_counts[l] += u32::from(pos);
+                        lanes[l] += x[l].max(0.0);
+                    }
                 }
-                sum += f64::from(row_sum);
+                for j in full..n {
+                    let pos = row[j] > 0.0;
+                    counts[j] += u32::from(pos);
+                    lane_counts[j - full] += u32::from(pos);
+                    lanes[j - full] += row[j].max(0.0);
+                }
+                rows.push(lane_counts.iter().sum());
+                sum += f64::from(lanes.iter().sum::<f32>());
             }
-            (counts, sum)
+            (counts, rows, sum)
         })
         .collect();
-    let mut counts = vec![0u32; n];
+    let mut col_counts = vec![0u32; n];
+    let mut row_counts = Vec::with_capacity(dense.len() / n.max(1));
     let mut sum = 0.0;
-    for (c, s) in parts {
-        counts.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
+    for (c, r, s) in parts {
+        col_counts.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
+        row_counts.extend(r);
         sum += s;
     }
-    (counts, sum)
+    DenseStats {
+        col_counts,
+        row_counts,
+        sum,
+    }
 }
 
 /// ReLU's backward pass fused with the bias gradient: zeroes `grad (rows, n)` where
@@ -233,46 +434,173 @@ pub(crate) fn relu_backward_column_sums(grad: &mut [f32], acts: &[f32], n: usize
     out
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise without reassociation flags.
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[i * 8 + l] * b[i * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Uniform values in `[-1, 1)` from a fixed xorshift stream.
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Codes `(rows, n)` with about `density` positive entries, row 0 and column 1 empty.
+    fn codes(seed: u64, rows: usize, n: usize, density: f32) -> Vec<f32> {
+        let mut dense = values(seed, rows * n);
+        for (i, x) in dense.iter_mut().enumerate() {
+            let (b, j) = (i / n, i % n);
+            if b == 0 || j == 1 {
+                *x = -x.abs();
+            } else if *x > 2.0 * density - 1.0 {
+                *x = 0.0;
+            } else {
+                *x = *x + 1.0 + 0.1;
+            }
+        }
+        dense
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * scale,
+                "{what}[{i}]: {g} vs {w} (scale {scale})"
+            );
+        }
+    }
+
+    /// Every kernel against the dense products, on shapes with `d` not a multiple of 16,
+    /// empty rows and columns, and (`d` large) several tiles of rows.
     #[test]
     fn kernels_match_dense_products() {
+        let shapes = [
+            (3, 4, 2, 0.5),
+            (37, 29, 45, 0.3),
+            (130, 300, 33, 0.1),
+            (5, 7, 16, 0.9),
+            (129, 17, 1, 0.2),
+            (20, 40, 0, 0.5),
+            (40, 50, 16_389, 0.3),
+        ];
+        for (seed, &(rows, n, d, density)) in shapes.iter().enumerate() {
+            let seed = seed as u64;
+            let dense = codes(seed, rows, n, density);
+            let w = values(seed + 100, n * d);
+            let a = values(seed + 200, rows * d);
+            let coef = values(seed + 300, rows * n);
+            let stats = column_stats(&dense, n);
+            let pos = |b: usize, j: usize| dense[b * n + j] > 0.0;
+            for j in 0..n {
+                let want = (0..rows).filter(|&b| pos(b, j)).count() as u32;
+                assert_eq!(stats.col_counts[j], want, "column {j} count");
+            }
+            for b in 0..rows {
+                let want = (0..n).filter(|&j| pos(b, j)).count() as u32;
+                assert_eq!(stats.row_counts[b], want, "row {b} count");
+            }
+            let sum: f64 = dense.iter().map(|&x| f64::from(x.max(0.0))).sum();
+            assert!((stats.sum - sum).abs() <= 1e-5 * sum.max(1.0));
+            // The dense products.
+            let mut want_decode = vec![0.0f32; rows * d];
+            let mut want_acc = vec![0.0f32; n * d];
+            let mut want_sums = vec![0.0f32; n];
+            for b in 0..rows {
+                for j in (0..n).filter(|&j| pos(b, j)) {
+                    let (v, c) = (dense[b * n + j], coef[b * n + j]);
+                    want_sums[j] += c;
+                    for k in 0..d {
+                        want_decode[b * d + k] += v * w[j * d + k];
+                        want_acc[j * d + k] += c * a[b * d + k];
+                    }
+                }
+            }
+            for isa in Isa::available() {
+                let what = |k: &str| format!("{k} ({rows}, {n}, {d}) {isa:?}");
+                let c = Codes::from_dense(isa, &dense, n, &stats.row_counts);
+                let f = c.by_feature();
+                let mut dots = vec![];
+                let mut cf = vec![];
+                for j in 0..n {
+                    let entries = f.col_ptr[j]..f.col_ptr[j + 1];
+                    let tokens: Vec<usize> =
+                        f.row[entries.clone()].iter().map(|&b| b as usize).collect();
+                    let want: Vec<usize> = (0..rows).filter(|&b| pos(b, j)).collect();
+                    assert_eq!(tokens, want, "{}", what("feature tokens"));
+                    for (&b, &v) in tokens.iter().zip(&f.val[entries]) {
+                        assert_eq!(v, dense[b * n + j]);
+                        cf.push(coef[b * n + j]);
+                        let ab = &a[b * d..(b + 1) * d];
+                        dots.push(
+                            ab.iter()
+                                .zip(&w[j * d..(j + 1) * d])
+                                .map(|(x, y)| x * y)
+                                .sum(),
+                        );
+                    }
+                }
+                assert_eq!(
+                    f.counts(),
+                    stats
+                        .col_counts
+                        .iter()
+                        .map(|&c| c as f32)
+                        .collect::<Vec<_>>()
+                );
+                close(&c.decode(isa, &w, d), &want_decode, &what("decode"));
+                close(&f.sddmm(isa, &a, &w, d), &dots, &what("sddmm"));
+                let mut acc = vec![0.0f32; n * d];
+                f.accumulate(isa, &cf, &a, d, &mut acc);
+                close(&acc, &want_acc, &what("accumulate"));
+                close(&f.column_sums(&cf), &want_sums, &what("column sums"));
+            }
+        }
+    }
+
+    #[test]
+    fn layouts_on_a_small_case() {
         // (rows 3, n 4), d 2.
         let dense = [
             0.0, 2.0, 0.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0f32,
         ];
-        let c = Codes::from_dense(&dense, 4);
+        let stats = column_stats(&dense, 4);
         assert_eq!(
-            (c.row_ptr.clone(), c.col.clone()),
-            (vec![0, 2, 3, 3], vec![1, 3, 0])
+            (
+                stats.col_counts.clone(),
+                stats.row_counts.clone(),
+                stats.sum
+            ),
+            (vec![1, 1, 0, 1], vec![2, 1, 0], 3.5)
         );
-        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0f32];
-        assert_eq!(c.decode(&w, 2), vec![13.0, 16.0, 0.5, 1.0, 0.0, 0.0]);
-        let a = [1.0, -1.0, 2.0, 0.0, 9.0, 9.0f32];
-        assert_eq!(c.row_dots(&a, &w, 2), vec![-1.0, -1.0, 2.0]);
-        let mut outs = vec![vec![0.0f32; 8]];
-        c.accumulate_t(&[(&c.val, &a)], 2, &mut outs);
-        assert_eq!(outs[0], vec![1.0, 0.0, 2.0, -2.0, 0.0, 0.0, 1.0, -1.0]);
-        assert_eq!(c.column_sums(&c.val), vec![0.5, 2.0, 0.0, 1.0]);
-        assert_eq!(column_stats(&dense, 4), (vec![1, 1, 0, 1], 3.5));
+        for isa in Isa::available() {
+            let c = Codes::from_dense(isa, &dense, 4, &stats.row_counts);
+            assert_eq!(
+                (c.row_ptr.clone(), c.col.clone()),
+                (vec![0, 2, 3, 3], vec![1, 3, 0])
+            );
+            let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0f32];
+            assert_eq!(c.decode(isa, &w, 2), vec![13.0, 16.0, 0.5, 1.0, 0.0, 0.0]);
+            let f = c.by_feature();
+            assert_eq!(
+                (f.col_ptr.clone(), f.row.clone(), f.val.clone()),
+                (vec![0, 1, 2, 2, 3], vec![1, 0, 0], vec![0.5, 2.0, 1.0])
+            );
+            let a = [1.0, -1.0, 2.0, 0.0, 9.0, 9.0f32];
+            // Feature order: (1, 0), (0, 1), (0, 3).
+            assert_eq!(f.sddmm(isa, &a, &w, 2), vec![2.0, -1.0, -1.0]);
+            let mut out = vec![0.0f32; 8];
+            f.accumulate(isa, &f.val, &a, 2, &mut out);
+            assert_eq!(out, vec![1.0, 0.0, 2.0, -2.0, 0.0, 0.0, 1.0, -1.0]);
+            assert_eq!(f.column_sums(&f.val), vec![0.5, 2.0, 0.0, 1.0]);
+        }
         let mut g = [1.0f32; 12];
         assert_eq!(
             relu_backward_column_sums(&mut g, &dense, 4),

@@ -58,6 +58,32 @@ fn log_path(run_dir: &Path, id: &str) -> PathBuf {
     run_dir.join("logs").join(format!("{id}.log"))
 }
 
+/// A step must not outlive the run that started it: killed (even with SIGKILL) and started
+/// again, a run would otherwise find the old step still writing into the folder the new one
+/// resumes. On Linux the child asks the kernel for SIGKILL when its parent thread dies.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, kill, getpid).
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
 /// Runs one step to completion and writes its marker.
 fn run_step(program: &Path, run_dir: &Path, step: &Step) -> Result<Done> {
     let dir = step_dir(run_dir, &step.id);
@@ -70,14 +96,14 @@ fn run_step(program: &Path, run_dir: &Path, step: &Step) -> Result<Done> {
     let command = step.command(run_dir);
     tracing::info!(step = %step.id, "running {} {}", program.display(), command.join(" "));
     let start = Instant::now();
-    let status = Command::new(program)
-        .args(&command)
+    let mut cmd = Command::new(program);
+    cmd.args(&command)
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err_file)
-        .env("CONCORD_PROGRESS", "0")
-        .status()
-        .map_err(|e| Error::io(program, e))?;
+        .env("CONCORD_PROGRESS", "0");
+    die_with_parent(&mut cmd);
+    let status = cmd.status().map_err(|e| Error::io(program, e))?;
     if !status.success() {
         return Err(Error::StepFailed {
             step: format!("{} ({})", step.id, step.label),

@@ -76,6 +76,54 @@ fn tiny_study_runs_to_its_report_and_reruns_for_free() {
         html,
         "same report"
     );
+
+    // Killed (SIGKILL) in the middle and started again, a run ends with the same results as
+    // the uninterrupted one; its running step dies with it.
+    let dir2 = tempfile::tempdir().unwrap();
+    let runs2 = dir2.path().to_str().unwrap();
+    let steps = dir2.path().join("tiny/steps");
+    let done = || {
+        std::fs::read_dir(&steps).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().join(".done").exists())
+                .count()
+        })
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["reproduce", "--study", study, "--runs", runs2])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if done() >= logs / 3 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the study finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let resumed = concord(&["reproduce", "--study", study, "--runs", runs2]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let report2 = dir2.path().join("tiny/report");
+    assert_eq!(
+        std::fs::read_to_string(report2.join("report.md")).unwrap(),
+        md,
+        "the resumed run's report"
+    );
+    assert!(
+        std::fs::read(report2.join("results.parquet")).unwrap()
+            == std::fs::read(report.join("results.parquet")).unwrap(),
+        "the resumed run's results.parquet"
+    );
 }
 
 #[test]

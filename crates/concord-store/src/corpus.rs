@@ -1,5 +1,6 @@
-//! Corpus readers: documents of a `.txt`, `.jsonl` or `.parquet` file, in file order,
-//! streamed with bounded memory (one document, or one parquet batch of 1,024 documents).
+//! Corpus readers: documents of a `.txt`, `.jsonl` or `.parquet` file, or of a folder of such
+//! files read one after the other, streamed with bounded memory (one document, or one parquet
+//! batch of 1,024 documents).
 //!
 //! - `.txt`: documents are separated by blank lines (lines empty or holding only
 //!   whitespace); a document is its lines joined by `\n`, each line without its `\n` or
@@ -12,6 +13,17 @@
 //! A UTF-8 byte-order mark at the start of a text or JSON-lines file is skipped. A document's
 //! index is its number in file order, counting from 0. Byte spans in the store
 //! are offsets into exactly the text these readers return.
+//!
+//! A folder (a downloaded Hugging Face dataset split is one) is the concatenation of its files
+//! of one format, sorted by name; its hidden files (`.name`) and files of other extensions
+//! are ignored, sub-folders are not entered, and document indices run on across files. A file
+//! boundary always ends a document.
+//!
+//! Identity: the store manifest records the corpus's sha256. For one file it is the sha256 of
+//! its bytes (as it always was); for several files it is the sha256 of their sha256s, each as
+//! 64 hex digits and a `\n`, in reading order. So a corpus's identity depends on its files'
+//! contents and order, not on their names or the folder's place, and a folder holding one file
+//! has that file's identity.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -25,7 +37,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use crate::{Error, Result};
 
 /// The formats a corpus file can have, chosen by its extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CorpusFormat {
     /// `.txt`: documents separated by blank lines.
     Text,
@@ -56,7 +68,7 @@ pub struct Document {
     pub text: String,
 }
 
-/// A corpus file.
+/// A corpus: one file, or a folder of files of one format read in name order.
 ///
 /// ```no_run
 /// # fn main() -> concord_store::Result<()> {
@@ -71,17 +83,25 @@ pub struct Document {
 #[derive(Clone, Debug)]
 pub struct Corpus {
     path: PathBuf,
+    files: Vec<PathBuf>,
     format: CorpusFormat,
 }
 
 impl Corpus {
-    /// Opens `path`, checking its format and that it holds at least one document.
+    /// Opens `path`, a file or a folder of files of one format, checking the format and that
+    /// the corpus holds at least one document.
     pub fn open(path: &Path) -> Result<Corpus> {
-        let format = CorpusFormat::of(path).ok_or_else(|| Error::CorpusFormat {
-            path: path.to_owned(),
-        })?;
+        let (files, format) = if path.is_dir() {
+            folder_files(path)?
+        } else {
+            let format = CorpusFormat::of(path).ok_or_else(|| Error::CorpusFormat {
+                path: path.to_owned(),
+            })?;
+            (vec![path.to_owned()], format)
+        };
         let corpus = Corpus {
             path: path.to_owned(),
+            files,
             format,
         };
         match corpus.documents()?.next() {
@@ -93,74 +113,129 @@ impl Corpus {
         }
     }
 
+    /// The path it was opened with (a file or a folder).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The files read, in reading order (the path itself when it is a file).
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     pub fn format(&self) -> CorpusFormat {
         self.format
     }
 
-    /// The sha256 (hex) of the file's bytes.
+    /// The corpus's identity: the sha256 (hex) of the file's bytes, or for several files the
+    /// sha256 of their sha256s (see the module's documentation).
     pub fn sha256(&self) -> Result<String> {
-        Ok(concord_core::fsutil::sha256_file(&self.path)?)
+        if let [one] = self.files.as_slice() {
+            return Ok(concord_core::fsutil::sha256_file(one)?);
+        }
+        let mut list = String::with_capacity(self.files.len() * 65);
+        for file in &self.files {
+            list.push_str(&concord_core::fsutil::sha256_file(file)?);
+            list.push('\n');
+        }
+        Ok(concord_core::fsutil::sha256_bytes(list.as_bytes()))
     }
 
-    /// The documents in file order; the iterator ends after the first error.
+    /// The documents in reading order; the iterator ends after the first error.
     pub fn documents(&self) -> Result<Documents> {
-        let path = self.path.clone();
-        let source = match self.format {
-            CorpusFormat::Text | CorpusFormat::JsonLines => {
-                let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-                Source::Lines {
-                    reader: BufReader::with_capacity(1 << 16, file),
-                    line: 0,
-                    buf: Vec::new(),
-                }
-            }
-            CorpusFormat::Parquet => {
-                let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-                let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .map_err(|e| Error::parquet(&path, e))?;
-                let fields = builder.schema().fields();
-                let Some(col) = fields.iter().position(|f| f.name() == "text") else {
-                    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
-                    return Err(Error::Schema {
-                        path,
-                        reason: format!("no \"text\" column (columns: {})", names.join(", ")),
-                    });
-                };
-                let ty = fields[col].data_type();
-                if !matches!(
-                    ty,
-                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                ) {
-                    return Err(Error::Schema {
-                        path,
-                        reason: format!("column \"text\" is {ty}, not a string"),
-                    });
-                }
-                let mask = ProjectionMask::roots(builder.parquet_schema(), [col]);
-                let reader = builder
-                    .with_projection(mask)
-                    .with_batch_size(1024)
-                    .build()
-                    .map_err(|e| Error::parquet(&path, e))?;
-                Source::Parquet {
-                    reader,
-                    batch: Vec::new(),
-                    next: 0,
-                }
-            }
-        };
+        let path = self.files[0].clone();
+        let source = open_source(&path, self.format)?;
         Ok(Documents {
             path,
+            rest: self.files[1..].iter().rev().cloned().collect(),
             format: self.format,
             source,
             index: 0,
+            file_start: 0,
             done: false,
         })
     }
+}
+
+/// The corpus files of a folder, sorted by name, and their one format.
+fn folder_files(dir: &Path) -> Result<(Vec<PathBuf>, CorpusFormat)> {
+    let mut files: Vec<(PathBuf, CorpusFormat)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || !path.is_file() {
+            continue;
+        }
+        if let Some(format) = CorpusFormat::of(&path) {
+            files.push((path, format));
+        }
+    }
+    files.sort();
+    let Some(&(_, format)) = files.first() else {
+        return Err(Error::NoCorpusFiles {
+            dir: dir.to_owned(),
+        });
+    };
+    if let Some((other, _)) = files.iter().find(|(_, f)| *f != format) {
+        return Err(Error::MixedCorpus {
+            dir: dir.to_owned(),
+            first: files[0].0.clone(),
+            other: other.clone(),
+        });
+    }
+    Ok((files.into_iter().map(|(p, _)| p).collect(), format))
+}
+
+/// Opens one file of a corpus for reading.
+fn open_source(path: &Path, format: CorpusFormat) -> Result<Source> {
+    let path = path.to_owned();
+    let source = match format {
+        CorpusFormat::Text | CorpusFormat::JsonLines => {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            Source::Lines {
+                reader: BufReader::with_capacity(1 << 16, file),
+                line: 0,
+                buf: Vec::new(),
+            }
+        }
+        CorpusFormat::Parquet => {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Error::parquet(&path, e))?;
+            let fields = builder.schema().fields();
+            let Some(col) = fields.iter().position(|f| f.name() == "text") else {
+                let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+                return Err(Error::Schema {
+                    path,
+                    reason: format!("no \"text\" column (columns: {})", names.join(", ")),
+                });
+            };
+            let ty = fields[col].data_type();
+            if !matches!(
+                ty,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ) {
+                return Err(Error::Schema {
+                    path,
+                    reason: format!("column \"text\" is {ty}, not a string"),
+                });
+            }
+            let mask = ProjectionMask::roots(builder.parquet_schema(), [col]);
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(1024)
+                .build()
+                .map_err(|e| Error::parquet(&path, e))?;
+            Source::Parquet {
+                reader,
+                batch: Vec::new(),
+                next: 0,
+            }
+        }
+    };
+    Ok(source)
 }
 
 #[derive(Debug)]
@@ -180,10 +255,15 @@ enum Source {
 /// The documents of a [`Corpus`], streamed.
 #[derive(Debug)]
 pub struct Documents {
+    /// The file being read.
     path: PathBuf,
+    /// The files still to read, the next one last.
+    rest: Vec<PathBuf>,
     format: CorpusFormat,
     source: Source,
     index: u64,
+    /// The index of the current file's first document.
+    file_start: u64,
     done: bool,
 }
 
@@ -301,7 +381,7 @@ impl Documents {
             Some(t) => Ok(Some(t)),
             None => Err(Error::BadRow {
                 path: self.path.clone(),
-                row: self.index,
+                row: self.index - self.file_start,
                 reason: "\"text\" is null".into(),
             }),
         }
@@ -315,10 +395,27 @@ impl Iterator for Documents {
         if self.done {
             return None;
         }
-        let text = match self.format {
-            CorpusFormat::Text => self.next_text(),
-            CorpusFormat::JsonLines => self.next_json(),
-            CorpusFormat::Parquet => self.next_parquet(),
+        let text = loop {
+            let text = match self.format {
+                CorpusFormat::Text => self.next_text(),
+                CorpusFormat::JsonLines => self.next_json(),
+                CorpusFormat::Parquet => self.next_parquet(),
+            };
+            // At the end of a file, go on with the next one.
+            if let Ok(None) = text
+                && let Some(next) = self.rest.pop()
+            {
+                match open_source(&next, self.format) {
+                    Ok(source) => {
+                        self.path = next;
+                        self.source = source;
+                        self.file_start = self.index;
+                        continue;
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            break text;
         };
         match text {
             Ok(Some(text)) => {

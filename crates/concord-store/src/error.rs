@@ -104,6 +104,14 @@ pub enum Error {
     },
     #[error("{path}: the corpus holds no documents")]
     EmptyCorpus { path: PathBuf },
+    #[error("{dir}: the folder holds no .txt, .jsonl or .parquet files")]
+    NoCorpusFiles { dir: PathBuf },
+    #[error("{dir}: a corpus folder holds files of one format, but it has {first} and {other}")]
+    MixedCorpus {
+        dir: PathBuf,
+        first: PathBuf,
+        other: PathBuf,
+    },
 
     // Tables.
     #[error("{path}: table column {column:?} has {got} rows, expected {expected}")]

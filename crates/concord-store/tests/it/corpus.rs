@@ -98,6 +98,77 @@ fn parquet_reads_the_text_column() {
 }
 
 #[test]
+fn a_folder_reads_its_files_in_name_order_with_a_content_identity() {
+    let dir = support::tmp();
+    let split = dir.path().join("train");
+    fs::create_dir(&split).unwrap();
+    let part = |name: &str, docs: &[Option<&str>]| {
+        let texts = Arc::new(StringArray::from(docs.to_vec())) as ArrayRef;
+        write_parquet(&split.join(name), vec![("text", texts)]);
+    };
+    part("0001.parquet", &[Some("third"), Some("fourth")]);
+    part("0000.parquet", &[Some("first"), Some("second")]);
+    fs::write(split.join("README.md"), "not a corpus file").unwrap();
+    fs::write(split.join(".0002.parquet.part"), "half a download").unwrap();
+    let corpus = Corpus::open(&split).unwrap();
+    assert_eq!(corpus.files().len(), 2);
+    let docs: Vec<(u64, String)> = corpus
+        .documents()
+        .unwrap()
+        .map(|d| d.map(|d| (d.index, d.text)).unwrap())
+        .collect();
+    let expected = [(0, "first"), (1, "second"), (2, "third"), (3, "fourth")];
+    assert_eq!(docs, expected.map(|(i, t)| (i, t.to_owned())));
+    // The identity: the sha256 of the files' sha256s, in reading order.
+    let sha = |p: &Path| concord_core::fsutil::sha256_file(p).unwrap();
+    let list = format!(
+        "{}\n{}\n",
+        sha(&split.join("0000.parquet")),
+        sha(&split.join("0001.parquet"))
+    );
+    let identity = concord_core::fsutil::sha256_bytes(list.as_bytes());
+    assert_eq!(corpus.sha256().unwrap(), identity);
+    // Moved elsewhere, the same files are the same corpus; one file is its own identity.
+    let moved = dir.path().join("moved");
+    fs::rename(&split, &moved).unwrap();
+    assert_eq!(Corpus::open(&moved).unwrap().sha256().unwrap(), identity);
+    let single = dir.path().join("single");
+    fs::create_dir(&single).unwrap();
+    fs::copy(moved.join("0000.parquet"), single.join("x.parquet")).unwrap();
+    assert_eq!(
+        Corpus::open(&single).unwrap().sha256().unwrap(),
+        sha(&moved.join("0000.parquet"))
+    );
+    // Text files end their last document at the file boundary.
+    let text = dir.path().join("text");
+    fs::create_dir(&text).unwrap();
+    fs::write(text.join("a.txt"), "one\ntwo").unwrap();
+    fs::write(text.join("b.txt"), "three\n\nfour\n").unwrap();
+    assert_eq!(texts(&text), ["one\ntwo", "three", "four"]);
+    // Errors name the file and its own row, not the running document index.
+    fs::rename(moved.join("0001.parquet"), moved.join("0009.parquet")).unwrap();
+    let texts = Arc::new(StringArray::from(vec![Some("x"), None])) as ArrayRef;
+    write_parquet(&moved.join("0005.parquet"), vec![("text", texts)]);
+    let err = Corpus::open(&moved)
+        .unwrap()
+        .documents()
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("0005.parquet") && err.contains("row 1:"),
+        "{err}"
+    );
+    // A folder of mixed formats, or of no corpus files, is refused.
+    fs::write(moved.join("extra.jsonl"), "{\"text\": \"x\"}\n").unwrap();
+    check_error(&moved, "one format");
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    check_error(&empty, "no .txt, .jsonl or .parquet files");
+}
+
+#[test]
 fn bad_corpora_name_the_file_and_the_line_or_row() {
     let dir = support::tmp();
     let p = |name: &str| dir.path().join(name);

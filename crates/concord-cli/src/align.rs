@@ -40,8 +40,9 @@ pub struct Args {
     /// Compare only activations (SAEs of models of different widths).
     #[arg(long, requires = "acts_a")]
     activations_only: bool,
-    /// The corpus the stores were harvested from: matched-pair examples then show the text
-    /// their features fire on.
+    /// The corpus the stores were harvested from (a file, a folder or a Hugging Face dataset
+    /// id, as for `harvest --corpus`): matched-pair examples then show the text their features
+    /// fire on.
     #[arg(long)]
     corpus: Option<PathBuf>,
     /// Decoder cosine above which a feature of the larger SAE joins a family of the smaller's.

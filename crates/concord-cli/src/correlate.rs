@@ -20,7 +20,7 @@ use concord_core::outputs::{
 };
 use concord_core::sae::Sae;
 use concord_models::tch::{Device, Tensor};
-use concord_store::{Corpus, Dataset, RowMeta};
+use concord_store::{Dataset, RowMeta};
 use concord_train::SaeModel;
 
 use crate::eval::check_widths;
@@ -307,7 +307,7 @@ fn read_docs(path: &Path, wanted: &BTreeSet<u64>) -> Result<BTreeMap<u64, String
     let Some(&last) = wanted.iter().next_back() else {
         return Ok(out);
     };
-    let corpus = Corpus::open(path)?;
+    let corpus = crate::hub::open_corpus(path)?;
     for doc in corpus.documents()? {
         let doc = doc.with_context(|| format!("reading {}", path.display()))?;
         if wanted.contains(&doc.index) {

@@ -12,7 +12,7 @@ use concord_core::outputs::EvalOutput;
 use concord_core::sae::Sae;
 use concord_models::tch::{Kind, Tensor};
 use concord_models::{PackOptions, Window, pack, to_batch};
-use concord_store::{Corpus, Dataset};
+use concord_store::Dataset;
 use concord_train::{SaeModel, SpliceMeter};
 
 use crate::harvest::{documents, load_model};
@@ -34,7 +34,8 @@ pub struct Args {
     /// A causal LM to splice the reconstruction into (loss recovered, KL).
     #[arg(long, requires = "corpus")]
     model: Option<String>,
-    /// The text for loss recovered.
+    /// The text for loss recovered: a corpus file or folder, or a Hugging Face dataset id (as
+    /// for `harvest --corpus`).
     #[arg(long, requires = "model")]
     corpus: Option<PathBuf>,
     /// Documents of the corpus to skip before the loss-recovered text.
@@ -113,7 +114,7 @@ pub fn run(args: &Args) -> Result<()> {
     if let (Some(name), Some(corpus)) = (&args.model, &args.corpus) {
         let hook: HookName = sae.cfg.hook_name.parse()?;
         let lm = load_model(name, &args.device, "f32")?;
-        let corpus = Corpus::open(corpus)?;
+        let corpus = crate::hub::open_corpus(corpus)?;
         let error = Rc::new(RefCell::new(None));
         let docs = documents(&corpus, args.skip_docs, Some(args.docs), error.clone())?;
         let m = ds.manifest();

@@ -23,7 +23,8 @@ use crate::progress::Progress;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// `smollm2-135m`, `minilm-l6`, a Hugging Face folder, a `.gguf` file, or a hub id
-    /// (`EleutherAI/pythia-70m-deduped`, read from the Hugging Face cache).
+    /// (`EleutherAI/pythia-70m-deduped`: read from the Hugging Face cache, downloaded into it
+    /// when missing; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_CACHE` and `HF_HUB_OFFLINE=1` apply).
     #[arg(long)]
     model: String,
     /// Hook points, comma-separated: `blocks.{L}.hook_resid_pre`, `hook_resid_post`,
@@ -31,7 +32,10 @@ pub struct Args {
     #[arg(long)]
     hooks: String,
     /// `.txt` (documents separated by blank lines), `.jsonl` (a `text` field per line) or
-    /// `.parquet` (a `text` column).
+    /// `.parquet` (a `text` column); a folder of such files (read in name order); or a Hugging
+    /// Face dataset id `owner/name[:CONFIG[/SPLIT]]` (the hub's parquet conversion; config
+    /// `default` or the only one, split `train` unless given; read from the Hugging Face cache,
+    /// downloaded into it when missing).
     #[arg(long)]
     corpus: PathBuf,
     /// The store: one dataset per hook, `OUT/<hook name>/`.
@@ -82,6 +86,7 @@ pub fn load_model(name: &str, device: &str, compute: &str) -> Result<Model> {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("data"));
+    crate::hub::ensure_model(name)?;
     let source = concord_models::resolve(name, &root)?;
     let dtype = match compute {
         "f32" | "float32" => ComputeDtype::F32,
@@ -124,7 +129,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let model = load_model(&args.model, &args.device, &args.compute_dtype)?;
     model.check_hooks(&hooks)?;
-    let corpus = Corpus::open(&args.corpus)?;
+    let corpus = crate::hub::open_corpus(&args.corpus)?;
     let corpus_sha256 = corpus.sha256()?;
     let packing = if args.no_pack {
         Packing::PerDocument

@@ -6,6 +6,7 @@ mod align;
 mod correlate;
 mod eval;
 mod harvest;
+mod hub;
 mod progress;
 mod reproduce;
 mod store_glue;

@@ -31,6 +31,36 @@ impl Progress {
         Progress { bar }
     }
 
+    /// A bar never drawn (small downloads).
+    pub fn hidden() -> Progress {
+        Progress {
+            bar: ProgressBar::hidden(),
+        }
+    }
+
+    /// A bar counting bytes (a download), with a rate and an ETA when the size is known.
+    pub fn bytes(total: Option<u64>, what: &str) -> Progress {
+        let bar = if !crate::show_progress() {
+            ProgressBar::hidden()
+        } else if let Some(t) = total {
+            ProgressBar::new(t)
+        } else {
+            ProgressBar::new_spinner()
+        };
+        let template = if total.is_some() {
+            "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes}  {binary_bytes_per_sec}  eta {eta}"
+        } else {
+            "{prefix} {spinner} {binary_bytes}  {binary_bytes_per_sec}"
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_owned());
+        Progress { bar }
+    }
+
     pub fn set(&self, pos: u64) {
         self.bar.set_position(pos);
     }

@@ -1,5 +1,8 @@
 //! Model names: the built-in offline defaults, local folders and GGUF files, and Hugging Face
 //! hub ids found in the local Hugging Face cache.
+//!
+//! This crate reads the cache and never touches the network: the `concord` command downloads a
+//! missing hub id into the cache first (its `hub` module), then resolves the name here.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +24,7 @@ pub const BUILTIN: [(&str, &str); 2] = [
 /// (a `.gguf` file, a folder with `config.json`, or a folder holding exactly one `.gguf`); a hub
 /// id `owner/name` found in the Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub` or
 /// `~/.cache/huggingface/hub`). Nothing is downloaded: a hub id missing from the cache is an
-/// error saying how to fetch it.
+/// error saying how to fetch it ([`needs_download`] tells a caller that can download).
 pub fn resolve(name: &str, data_dir: &Path) -> Result<ModelSource> {
     if let Some((_, rel)) = BUILTIN.iter().find(|(n, _)| *n == name) {
         let path = data_dir.join(rel);
@@ -40,8 +43,7 @@ pub fn resolve(name: &str, data_dir: &Path) -> Result<ModelSource> {
     if path.exists() {
         return from_path(name, path);
     }
-    let parts: Vec<&str> = name.split('/').collect();
-    if parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.')) {
+    if is_hub_id(name) {
         return from_hf_cache(name, &hf_cache_dirs());
     }
     Err(Error::ModelNotFound {
@@ -83,8 +85,26 @@ fn from_path(name: &str, path: &Path) -> Result<ModelSource> {
     }
 }
 
-/// The Hugging Face hub cache folders to look in, most specific first.
-fn hf_cache_dirs() -> Vec<PathBuf> {
+/// Whether `name` has the form of a hub id, `owner/name` (two non-empty parts, neither
+/// starting with a dot).
+pub fn is_hub_id(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
+}
+
+/// Whether [`resolve`] would look `name` up in the Hugging Face cache and not find it: a hub
+/// id that is neither a built-in name nor an existing path, and has no usable snapshot in any
+/// cache folder. A caller that can reach the hub downloads it then.
+pub fn needs_download(name: &str) -> bool {
+    !BUILTIN.iter().any(|(n, _)| *n == name)
+        && !Path::new(name).exists()
+        && is_hub_id(name)
+        && cached_snapshot(name, &hf_cache_dirs()).is_none()
+}
+
+/// The Hugging Face hub cache folders to look in, most specific first; downloads go to the
+/// first.
+pub fn hf_cache_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
         dirs.push(PathBuf::from(d));
@@ -101,6 +121,28 @@ fn hf_cache_dirs() -> Vec<PathBuf> {
 /// Finds `models--owner--name/snapshots/<revision>` (the revision `refs/main` names, else the
 /// only one) holding a `config.json`.
 fn from_hf_cache(name: &str, dirs: &[PathBuf]) -> Result<ModelSource> {
+    if let Some(snapshot) = cached_snapshot(name, dirs) {
+        return Ok(ModelSource::HfFolder(snapshot));
+    }
+    let folder = format!("models--{}", name.replace('/', "--"));
+    Err(Error::ModelNotFound {
+        name: name.to_owned(),
+        reason: format!(
+            "not in the Hugging Face cache (looked for {folder} in {}); the concord command \
+             downloads it when the hub is reachable, otherwise copy a Hugging Face cache there \
+             (`huggingface-cli download {name}` on a machine with network) or pass the model's \
+             folder",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// The snapshot folder of hub id `name` in the first cache folder that has one: the revision
+/// `refs/main` names, else the only one, holding a `config.json`.
+fn cached_snapshot(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
     let folder = format!("models--{}", name.replace('/', "--"));
     for dir in dirs {
         let repo = dir.join(&folder);
@@ -119,21 +161,10 @@ fn from_hf_cache(name: &str, dirs: &[PathBuf]) -> Result<ModelSource> {
             _ => None,
         };
         if let Some(snapshot) = pick.filter(|p| p.join("config.json").is_file()) {
-            return Ok(ModelSource::HfFolder(snapshot));
+            return Some(snapshot);
         }
     }
-    Err(Error::ModelNotFound {
-        name: name.to_owned(),
-        reason: format!(
-            "not in the Hugging Face cache (looked for {folder} in {}) and concord does not \
-             download models; on a machine with network run `huggingface-cli download {name}` \
-             and copy the cache, or pass the model's folder",
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    })
+    None
 }
 
 #[cfg(test)]
@@ -155,7 +186,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("EleutherAI/pythia-160m") && err.contains("does not download"),
+            err.contains("EleutherAI/pythia-160m") && err.contains("pass the model's folder"),
             "{err}"
         );
     }

@@ -1,5 +1,6 @@
 //! Integration tests of the `concord` command and of the workspace's layering.
 
 mod commands;
+mod hub;
 mod layering;
 mod study;

@@ -7,21 +7,23 @@
 //!
 //! # The kernel
 //! Scattering `S_ij += a_ti b_tj` into an `(n_a, n_b)` matrix batch by batch is bound by
-//! cache misses: a batch of a few thousand tokens touches every row of `S` a few times, so
-//! each batch streams the whole matrix through memory for little work. Instead, batches are
-//! kept pending (sparse, a few bytes per nonzero): `a`'s nonzeros bucketed by *tile*, a block
-//! of `a`'s features whose `n_b` sums fill about 1 MiB (a share of an L2 cache), and `b` as
-//! one CSR over all pending tokens. A tile is then computed in one go: for each pending
-//! nonzero `a_ti` of the tile, in token order, `b`'s row `t` (contiguous) is scattered into
-//! row `i` of the tile, which stays in cache. Tiles run in parallel on rayon.
+//! memory traffic: a batch of a few thousand tokens touches every row of `S` a few times,
+//! so each batch streams the whole matrix through memory for little work. Instead, batches
+//! are kept pending (sparse, 8 bytes per nonzero): `a`'s nonzeros in one list per feature,
+//! in token order, and `b` as one CSR over all pending tokens. Row `i` of `S` is then
+//! computed in one go while it sits in L1: for each pending `a_ti`, `b`'s row `t`
+//! (contiguous) is scattered into it. Fetching those rows of `b` is what costs (each is
+//! needed once per nonzero of `a` on its token, from anywhere in the buffer), so they are
+//! prefetched a few nonzeros ahead. Rows of `S` are grouped into tiles of about 1 MiB, the
+//! unit of rayon's parallel work.
 //!
 //! The pending buffer is multiplied into the stored sums when it passes its memory limit
-//! (by default the size of the dense sums, 4 MiB to 256 MiB); [`pearson`] reads each tile of
-//! the stored sums plus the pending batches and folds it straight into the row maxima and
-//! running column maxima, so a stream that fits the buffer never allocates `(n_a, n_b)` at
-//! all. Stored sums are a dense matrix up to [`DENSE_CROSS_LIMIT`] entries and otherwise only
-//! the pairs that were ever co-active. Every `S_ij` is summed in `f64` in token order, so the
-//! sums do not depend on batching, buffering or threads.
+//! (by default the size of the dense sums, 4 MiB to 256 MiB); [`pearson`] builds each tile
+//! from the stored sums plus the pending batches and folds it straight into the row maxima
+//! and running column maxima, so a stream that fits the buffer never allocates `(n_a, n_b)`
+//! at all. Stored sums are a dense matrix up to [`DENSE_CROSS_LIMIT`] entries and otherwise
+//! only the pairs that were ever co-active. Every `S_ij` is summed in `f64` in token order,
+//! so the sums do not depend on batching, buffering or threads.
 
 use std::borrow::Cow;
 
@@ -172,11 +174,10 @@ enum Sums {
     Sparse(Vec<Vec<(u32, f64)>>),
 }
 
-/// A pending nonzero of `a`: `value` of feature `block * rows + row` at pending token `token`.
+/// A pending nonzero of a feature of `a`: its `value` at pending token `token`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct AEntry {
     token: u32,
-    row: u32,
     value: f32,
 }
 
@@ -187,13 +188,12 @@ struct BEntry {
     value: f32,
 }
 
-/// Batches added but not yet multiplied: `a`'s nonzeros bucketed by tile (block of
-/// `1 << shift` features of `a`), in token order within each tile; `b` as CSR over all
-/// pending tokens.
+/// Batches added but not yet multiplied: `a`'s nonzeros by feature, in token order; `b` as
+/// CSR over all pending tokens. Tiles are blocks of `1 << shift` features of `a`.
 #[derive(Clone, Debug, PartialEq)]
 struct Pending {
     shift: u32,
-    /// `(blocks)` lists.
+    /// `(n_a)` lists.
     a: Vec<Vec<AEntry>>,
     a_len: usize,
     /// `(pending tokens + 1)`.
@@ -203,13 +203,13 @@ struct Pending {
 
 impl Pending {
     fn new(n_a: usize, n_b: usize) -> Pending {
-        // Tiles of `rows x n_b` f64 sums of about TILE_BYTES stay in the L2 cache while a
-        // tile's products are scattered into them.
+        // Tiles of `rows x n_b` f64 sums of about TILE_BYTES: the unit of parallel work, of
+        // the flush and of the summary, small enough to stay in a core's L2 cache.
         let rows = (TILE_BYTES / (8 * n_b.max(1))).clamp(1, n_a.max(1).next_power_of_two());
         let shift = rows.ilog2();
         Pending {
             shift,
-            a: vec![Vec::new(); n_a.div_ceil(1 << shift)],
+            a: vec![Vec::new(); n_a],
             a_len: 0,
             b_ptr: vec![0],
             b: Vec::new(),
@@ -241,14 +241,61 @@ impl Pending {
         self.b.clear();
     }
 
-    /// Adds block `blk`'s pending products to `tile`, its `(rows, n_b)` sums.
+    /// Number of tiles.
+    fn blocks(&self) -> usize {
+        self.a.len().div_ceil(self.rows())
+    }
+
+    /// Whether tile `blk` has pending products.
+    fn has_work(&self, blk: usize) -> bool {
+        let r0 = blk << self.shift;
+        let r1 = (r0 + self.rows()).min(self.a.len());
+        self.a[r0..r1].iter().any(|l| !l.is_empty())
+    }
+
+    /// Adds tile `blk`'s pending products to `tile`, its `(rows, n_b)` sums: row by row (a
+    /// row of sums stays in L1 while its nonzeros are scattered into it), with the rows of
+    /// `b` needed a few nonzeros later prefetched (they are where the time goes).
     fn multiply(&self, blk: usize, tile: &mut [f64], n_b: usize) {
-        for e in &self.a[blk] {
-            let row = &mut tile[e.row as usize * n_b..][..n_b];
-            let av = f64::from(e.value);
-            let t = e.token as usize;
-            for x in &self.b[self.b_ptr[t]..self.b_ptr[t + 1]] {
-                row[x.feature as usize] += av * f64::from(x.value);
+        let r0 = blk << self.shift;
+        let lists = &self.a[r0..(r0 + self.rows()).min(self.a.len())];
+        let mut soon = lists.iter().flatten().skip(PREFETCH_AHEAD);
+        for (entries, row) in lists.iter().zip(tile.chunks_mut(n_b)) {
+            for e in entries {
+                if let Some(f) = soon.next() {
+                    self.prefetch_b(f.token as usize);
+                }
+                let av = f64::from(e.value);
+                let t = e.token as usize;
+                for x in &self.b[self.b_ptr[t]..self.b_ptr[t + 1]] {
+                    // SAFETY: `add` checked every feature of `b` against `n_b` (`validate`),
+                    // and `row` has `n_b` entries.
+                    let s = unsafe { row.get_unchecked_mut(x.feature as usize) };
+                    *s += av * f64::from(x.value);
+                }
+            }
+        }
+    }
+
+    /// Asks the cache for `b`'s row `t`.
+    #[inline(always)]
+    fn prefetch_b(&self, t: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let row = &self.b[self.b_ptr[t]..self.b_ptr[t + 1]];
+            let bytes = size_of_val(row);
+            let p: *const i8 = row.as_ptr().cast();
+            let mut off = 0;
+            while off < bytes {
+                // SAFETY: a prefetch only hints the cache; the address is inside `row`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+                off += 64;
+            }
+            if bytes > 0 {
+                // The row's last cache line, when the row does not start on a line.
+                // SAFETY: as above.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1)) };
             }
         }
     }
@@ -256,6 +303,10 @@ impl Pending {
 
 /// Target size of one tile of sums (`f64`), a share of a core's L2 cache.
 const TILE_BYTES: usize = 1 << 20;
+
+/// How many nonzeros of `a` ahead the row of `b` they need is prefetched: enough to cover a
+/// memory latency, few enough to stay within the core's outstanding misses.
+const PREFETCH_AHEAD: usize = 16;
 
 /// Largest `n_a · n_b` stored densely (256 MB of `f64`); above it the stored sums hold only
 /// pairs that were ever co-active.
@@ -346,7 +397,7 @@ impl CoStats {
                 cross.par_chunks_mut(rows).enumerate().for_each_init(
                     Vec::new,
                     |tile, (blk, block)| {
-                        if pending.a[blk].is_empty() {
+                        if !pending.has_work(blk) {
                             return;
                         }
                         tile.clear();
@@ -369,7 +420,7 @@ impl CoStats {
         let n_b = self.n_b;
         let r0 = blk * self.pending.rows();
         let r1 = (r0 + self.pending.rows()).min(self.n_a);
-        let todo = !self.pending.a[blk].is_empty();
+        let todo = self.pending.has_work(blk);
         buf.clear();
         match &self.sums {
             Sums::Dense(d) if !d.is_empty() => {
@@ -401,7 +452,7 @@ impl CoStats {
         if self.n_b == 0 {
             return Cow::Owned(vec![Vec::new(); self.n_a]);
         }
-        let blocks: Vec<Vec<Vec<(u32, f64)>>> = (0..self.pending.a.len())
+        let blocks: Vec<Vec<Vec<(u32, f64)>>> = (0..self.pending.blocks())
             .into_par_iter()
             .map_init(Vec::new, |buf, blk| {
                 self.tile(blk, buf).chunks(self.n_b).map(nonzeros).collect()
@@ -442,24 +493,19 @@ impl CoStats {
             ..
         } = self;
         let Pending {
-            shift,
-            a: buckets,
+            a: lists,
             a_len,
             b_ptr,
             b: b_entries,
+            ..
         } = pending;
         rayon::join(
             || {
                 add_moments(a, sum_a, sq_a, count_a);
-                let mask = (1u32 << *shift) - 1;
                 for t in 0..a.tokens() {
                     let token = (t0 + t) as u32;
                     for (i, value) in a.row(t) {
-                        buckets[(i >> *shift) as usize].push(AEntry {
-                            token,
-                            row: i & mask,
-                            value,
-                        });
+                        lists[i as usize].push(AEntry { token, value });
                     }
                 }
                 *a_len += a.indices.len();
@@ -493,17 +539,6 @@ impl CoStats {
             s.add(a, b)?;
         }
         Ok(s)
-    }
-
-    /// The co-occurrence sums by feature of `b`: per `j`, `(i, S_ij)` sorted by `i`.
-    fn cross_by_b(cross: &[Vec<(u32, f64)>], n_b: usize) -> Vec<Vec<(u32, f64)>> {
-        let mut out = vec![Vec::new(); n_b];
-        for (i, row) in cross.iter().enumerate() {
-            for &(j, s) in row {
-                out[j as usize].push((i as u32, s));
-            }
-        }
-        out
     }
 }
 
@@ -566,72 +601,21 @@ fn moments(sum: &[f64], sq: &[f64], n: f64) -> Moments {
     Moments { mean, sd }
 }
 
-/// For each row feature, `max_j rho_ij` where `rho_ij = (S_ij / N - m_i m_j) / (sd_i sd_j)`
-/// over live `j`; pairs never co-active have `S_ij = 0`.
-fn best_pearson(
-    cross: &[Vec<(u32, f64)>],
-    rows: &Moments,
-    cols: &Moments,
-    n: f64,
-) -> Vec<Option<(u32, f32)>> {
-    // Never-co-active pairs give `-(m_i / sd_i) (m_j / sd_j)`: the best is at an extreme of
-    // `x_j = m_j / sd_j`, so live columns are sorted by `x_j` once.
-    let mut order: Vec<u32> = (0..cols.sd.len() as u32)
-        .filter(|&j| cols.sd[j as usize] > 0.0)
-        .collect();
-    let x = |j: u32| cols.mean[j as usize] / cols.sd[j as usize];
-    order.sort_by(|&p, &q| x(p).total_cmp(&x(q)).then(p.cmp(&q)));
-    cross
-        .par_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let (mi, si) = (rows.mean[i], rows.sd[i]);
-            if si == 0.0 || order.is_empty() {
-                return None;
-            }
-            let mut best: Option<(u32, f64)> = None;
-            let mut consider = |j: u32, r: f64| {
-                if best.is_none_or(|(bj, br)| r > br || (r == br && j < bj)) {
-                    best = Some((j, r));
-                }
-            };
-            for &(j, s) in row {
-                let (mj, sj) = (cols.mean[j as usize], cols.sd[j as usize]);
-                if sj > 0.0 {
-                    consider(j, (s / n - mi * mj) / (si * sj));
-                }
-            }
-            let xi = mi / si;
-            let walk: Box<dyn Iterator<Item = &u32>> = if xi >= 0.0 {
-                Box::new(order.iter())
-            } else {
-                Box::new(order.iter().rev())
-            };
-            for &j in walk {
-                if row.binary_search_by_key(&j, |e| e.0).is_err() {
-                    consider(j, -xi * x(j));
-                    break;
-                }
-            }
-            best.map(|(j, r)| (j, r as f32))
-        })
-        .collect()
-}
-
 /// A feature's most correlated feature on the other side and `rho` (`None` when dead).
 type Best = Option<(u32, f32)>;
 
-/// Running column maxima of `rho` over the rows seen: value and row (`u32::MAX`: none).
+/// Running column maxima of `rho` over the rows seen: value and row (`inf`: none). The row
+/// is kept as an `f64` (exact below `2^53`) so that the update vectorises with the value.
 struct ColumnBest {
     value: Vec<f64>,
-    row: Vec<u32>,
+    row: Vec<f64>,
 }
 
 impl ColumnBest {
     fn new(n: usize) -> ColumnBest {
         ColumnBest {
             value: vec![f64::NEG_INFINITY; n],
-            row: vec![u32::MAX; n],
+            row: vec![f64::INFINITY; n],
         }
     }
 
@@ -680,7 +664,37 @@ impl Columns {
 /// `None` when every column is dead).
 fn scan_row(
     s: &[f64],
-    (i, c, x): (u32, f64, f64),
+    row: (usize, f64, f64),
+    cols: &Columns,
+    rho: &mut [f64],
+    best: &mut ColumnBest,
+) -> Option<(u32, f32)> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { scan_row_avx2(s, row, cols, rho, best) };
+    }
+    scan_row_any(s, row, cols, rho, best)
+}
+
+/// [`scan_row`] compiled for AVX2 (four `f64` lanes instead of SSE2's two). The arithmetic
+/// is the same (no fused multiply-add), so results are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scan_row_avx2(
+    s: &[f64],
+    row: (usize, f64, f64),
+    cols: &Columns,
+    rho: &mut [f64],
+    best: &mut ColumnBest,
+) -> Option<(u32, f32)> {
+    scan_row_any(s, row, cols, rho, best)
+}
+
+#[inline(always)]
+fn scan_row_any(
+    s: &[f64],
+    (i, c, x): (usize, f64, f64),
     cols: &Columns,
     rho: &mut [f64],
     best: &mut ColumnBest,
@@ -689,12 +703,13 @@ fn scan_row(
     let (u, w, pen) = (&cols.u[..n], &cols.w[..n], &cols.pen[..n]);
     let (bv, br) = (&mut best.value[..n], &mut best.row[..n]);
     let rho = &mut rho[..n];
+    let fi = i as f64;
     for j in 0..n {
         let r = s[j] * (c * u[j]) - x * w[j] + pen[j];
         rho[j] = r;
         let gt = r > bv[j];
         bv[j] = if gt { r } else { bv[j] };
-        br[j] = if gt { i } else { br[j] };
+        br[j] = if gt { fi } else { br[j] };
     }
     // Eight independent running maxima so that the reduction vectorises.
     let mut m = [f64::NEG_INFINITY; 8];
@@ -722,7 +737,8 @@ fn scan_row(
 /// [`pearson`]'s maxima both ways from dense tiles of the sums (stored plus pending), one
 /// pass: each tile's rows give `a`'s maxima, and its columns fold into running column
 /// maxima, merged over rayon's folds (the smaller index wins ties, so results do not depend
-/// on the thread count).
+/// on the thread count). Every pair is visited, never-co-active ones (`S_ij = 0`) included:
+/// `n_a · n_b` evaluations of `rho`, vectorised, held in cache a tile at a time.
 fn best_pearson_tiles(
     stats: &CoStats,
     ma: &Moments,
@@ -747,7 +763,7 @@ fn best_pearson_tiles(
                     let i = blk * rows + k;
                     let sd = ma.sd[i];
                     if sd > 0.0 {
-                        let row = (i as u32, 1.0 / (n * sd), ma.mean[i] / sd);
+                        let row = (i, 1.0 / (n * sd), ma.mean[i] / sd);
                         *slot = scan_row(s, row, &cols, &mut rho, &mut best);
                     }
                 }
@@ -758,7 +774,7 @@ fn best_pearson_tiles(
         .reduce_with(|x, y| x.merge(&y))
         .unwrap_or_else(|| ColumnBest::new(n_b));
     let best_b = (0..n_b)
-        .map(|j| (best.row[j] != u32::MAX).then(|| (best.row[j], best.value[j] as f32)))
+        .map(|j| (best.row[j].is_finite()).then(|| (best.row[j] as u32, best.value[j] as f32)))
         .collect();
     (best_a, best_b)
 }
@@ -777,16 +793,7 @@ pub fn pearson(stats: &CoStats) -> CorrelationSummary {
     let n = stats.tokens.max(1) as f64;
     let ma = moments(&stats.sum_a, &stats.sq_a, n);
     let mb = moments(&stats.sum_b, &stats.sq_b, n);
-    let (best_a, best_b) = match &stats.sums {
-        Sums::Dense(_) => best_pearson_tiles(stats, &ma, &mb, n),
-        Sums::Sparse(_) => {
-            let cross = stats.cross_rows();
-            (
-                best_pearson(&cross, &ma, &mb, n),
-                best_pearson(&CoStats::cross_by_b(&cross, stats.n_b), &mb, &ma, n),
-            )
-        }
-    };
+    let (best_a, best_b) = best_pearson_tiles(stats, &ma, &mb, n);
     let alive_a = ma.sd.iter().filter(|&&s| s > 0.0).count();
     let alive_b = mb.sd.iter().filter(|&&s| s > 0.0).count();
     CorrelationSummary {

@@ -91,29 +91,71 @@ def main():
     record("align", case, "numpy MMCS + scipy linear_sum_assignment", total, "; ".join(notes))
 
 
+def median_time(f, runs=5):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def pearson_summary(a, b):
+    """The same summary as ours: centred Pearson from the sparse product and the moments,
+    mean of row maxima both ways over live (non-constant) features."""
+    t = a.shape[0]
+    s = (a.T @ b).toarray().astype(np.float64)
+    stats = []
+    for x in (a, b):
+        m = np.asarray(x.sum(axis=0), dtype=np.float64).ravel() / t
+        q = np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel() / t
+        var = q - m * m
+        sd = np.where(var > 1e-12 * q, np.sqrt(np.maximum(var, 0.0)), 0.0)
+        stats.append((m, sd))
+    (ma, sa), (mb, sb) = stats
+    la, lb = sa > 0, sb > 0
+    rho = (s[np.ix_(la, lb)] / t - np.outer(ma[la], mb[lb])) / np.outer(sa[la], sb[lb])
+    return float(rho.max(axis=1).mean()), float(rho.max(axis=0).mean())
+
+
 def correlation():
     try:
         import scipy.sparse as sp
     except ImportError:
         return
     tokens = int(os.environ.get("CONCORD_BENCH_CORR_TOKENS", 65536))
-    nf = 4096
+    nf = int(os.environ.get("CONCORD_BENCH_CORR_N", 4096))
+    if tokens == 0 or nf == 0:
+        return
     mats = []
     for name in ("corr_a", "corr_b"):
-        base = data / f"{name}_{tokens}"
+        base = data / f"{name}_{tokens}x{nf}"
         try:
             indptr = np.fromfile(f"{base}_indptr.u64", dtype="<u8").astype(np.int64)
             indices = np.fromfile(f"{base}_indices.u32", dtype="<u4").astype(np.int32)
             values = np.fromfile(f"{base}_values.f32", dtype="<f4")
         except FileNotFoundError:
-            print(f"peer: no correlation data for {tokens} tokens in {data}")
+            print(f"peer: no correlation data for {tokens} x {nf} in {data}; run the Rust bench first")
             return
         mats.append(sp.csr_matrix((values, indices, indptr), shape=(tokens, nf)))
     a, b = mats
-    case = f"{tokens} tokens, 4096 x 4096 features, L0 32"
-    t = time.perf_counter()
-    a.T @ b
-    record("correlation", case, "scipy sparse A^T B (the co-occurrence product alone)", time.perf_counter() - t)
+    case = f"{tokens} tokens, {nf} x {nf} features, L0 32"
+    record(
+        "correlation",
+        case,
+        "scipy sparse A^T B (the co-occurrence product alone)",
+        median_time(lambda: a.T @ b),
+        "median of 5",
+    )
+    if nf <= 8192:
+        ab, ba = pearson_summary(a, b)
+        record(
+            "correlation",
+            case,
+            "scipy A^T B + numpy dense Pearson (both ways)",
+            median_time(lambda: pearson_summary(a, b)),
+            f"median of 5; a to b {ab:.4f}, b to a {ba:.4f}",
+        )
 
 
 if __name__ == "__main__":

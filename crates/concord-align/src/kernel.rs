@@ -162,6 +162,12 @@ pub(crate) trait Epilogue: Sync {
     /// State for the selected rows `r0 .. r1`.
     fn rows(&self, r0: usize, r1: usize) -> Self::Rows;
 
+    /// Called before a fold starts a row block, e.g. to take in what other folds published.
+    fn block_start(&self, _s: &mut Self::Shared) {}
+
+    /// Called after a fold finished a row block.
+    fn block_end(&self, _s: &mut Self::Shared) {}
+
     /// Folds a tile `c` `(MR, NR)` computed by the portable kernel.
     fn visit(&self, s: &mut Self::Shared, r: &mut Self::Rows, t: Tile, c: &[[f32; NR]; MR]);
 
@@ -255,6 +261,7 @@ pub(crate) fn run_on<E: Epilogue>(
             |(mut s, mut rs, mut apack), k| {
                 let (r0, r1) = (bounds(k), bounds(k + 1));
                 let mut r = e.rows(r0, r1);
+                e.block_start(&mut s);
                 let np = (r1 - r0).div_ceil(MR);
                 apack.reserve(np * MR * d);
                 pack(a, d, sel, r0, MR, apack.as_mut_slice());
@@ -272,6 +279,7 @@ pub(crate) fn run_on<E: Epilogue>(
                     #[cfg(target_arch = "x86_64")]
                     Backend::Avx512 => unsafe { job.avx512(&mut s, &mut r) },
                 }
+                e.block_end(&mut s);
                 rs.push((k, r));
                 (s, rs, apack)
             },

@@ -352,8 +352,9 @@ fn certified(
     let mut prev: Option<LapSolution> = None;
     loop {
         let g = cand.graph(nc, big);
-        let sol = sparse::solve_from(&g, prev.take())
+        let mut sol = sparse::solve_from(&g, prev.take())
             .expect("every row has its dummy column, so a solution exists");
+        sparse::lower_prices(&g, &mut sol);
         let u_max: Vec<f64> = sol.u.iter().map(|&u| -u).collect();
         let v_max: Vec<f64> = sol.v[..nc].iter().map(|&v| -v).collect();
         let mut primal = 0.0;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::dict::{Dict, same_width};
 use crate::matching::{Certificate, Matching, Method, Pair};
-use crate::scan::{Blocking, blocked};
+use crate::scan::{Blocking, rows_above};
 
 /// The study's thresholds for the shared fraction.
 pub const SHARED_THRESHOLDS: [f64; 3] = [0.5, 0.7, 0.9];
@@ -116,32 +116,11 @@ pub fn families(
     let heads_are_a = a.n <= b.n;
     let (small, large) = if heads_are_a { (a, b) } else { (b, a) };
     let cap = max_members.max(1);
-    let (_, rows) = blocked(
-        small,
-        large,
-        blocking,
-        || (),
-        |r0, r1| vec![Vec::<(u32, f32)>::new(); r1 - r0],
-        |_, state, blk| {
-            for (li, list) in state.iter_mut().enumerate().take(blk.nr) {
-                let crow = &blk.c[li * blk.nc..(li + 1) * blk.nc];
-                for (lj, &v) in crow.iter().enumerate() {
-                    if v >= threshold {
-                        list.push(((blk.c0 + lj) as u32, v));
-                    }
-                }
-                if list.len() > 4 * cap {
-                    sort_members(list);
-                    list.truncate(cap);
-                }
-            }
-        },
-    );
+    let rows = rows_above(small, large, threshold, cap, blocking);
     let mut size_counts = BTreeMap::new();
     let mut covered = vec![false; large.n];
     let families: Vec<Family> = rows
         .into_iter()
-        .flatten()
         .enumerate()
         .map(|(i, mut members)| {
             sort_members(&mut members);

@@ -7,11 +7,10 @@
 //! `k`-th value), so no block of the product is stored. Row blocks run in parallel on rayon;
 //! every rayon fold keeps its own column state, merged at the end. Ties are broken towards
 //! the smaller index everywhere, so results do not depend on the thread count.
-//!
-//! `blocked` (one call of the `gemm` crate per block into a buffer, then a visitor) remains
-//! for passes whose visitor is not worth a vector epilogue (`metrics::families`).
 
-use rayon::prelude::*;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
+
 use serde::{Deserialize, Serialize};
 
 #[cfg(target_arch = "x86_64")]
@@ -23,7 +22,9 @@ use crate::dict::{Dict, same_width};
 use crate::kernel::lane_mask;
 use crate::kernel::{self, Backend, Blocks, Epilogue, LANES, MR, NR, PackedCols, Sel, Tile};
 
-/// Block sizes of the blocked pass: `rows` of `a` by `cols` of `b` per product.
+/// Cache blocks of the fused pass: each worker takes `rows` rows of `a` at a time (rounded
+/// to whole register tiles of 14) and runs them over `cols` columns of `b` (rounded to whole
+/// panels of 32) before moving to the next columns. Results do not depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blocking {
     pub rows: usize,
@@ -32,117 +33,13 @@ pub struct Blocking {
 
 impl Default for Blocking {
     fn default() -> Self {
+        // Blocks of 40 register tiles of `a` (its packed block, 1.1 MB at d = 512, stays in
+        // L2) run over one column panel at a time, each panel (64 KB) serving all 40 tiles.
         Blocking {
-            rows: 256,
-            cols: 2048,
+            rows: 560,
+            cols: 32,
         }
     }
-}
-
-/// One block of the similarity matrix: `nr` consecutive rows of `a`, columns `c0..c0 + nc` of
-/// `b`; `c` is row-major `(nr, nc)`.
-#[derive(Debug)]
-pub(crate) struct BlockView<'a> {
-    pub c0: usize,
-    pub nr: usize,
-    pub nc: usize,
-    pub c: &'a [f32],
-}
-
-/// `buf = A[r0..r1] · B[c0..c1]ᵀ`, row-major `(r1 - r0, c1 - c0)`.
-pub(crate) fn block_product(
-    a: &Dict,
-    (r0, r1): (usize, usize),
-    b: &Dict,
-    (c0, c1): (usize, usize),
-    buf: &mut Vec<f32>,
-) {
-    let (m, n, k) = (r1 - r0, c1 - c0, a.d);
-    buf.clear();
-    buf.resize(m * n, 0.0);
-    let lhs = a.rows[r0 * k..r1 * k].as_ptr();
-    let rhs = b.rows[c0 * k..c1 * k].as_ptr();
-    // SAFETY: `buf` holds `m * n` floats laid out with row stride `n`; `lhs` is `m` rows of
-    // `k` contiguous floats (row stride `k`); `rhs` read as the `(k, n)` matrix `Bᵀ` has its
-    // element `(p, j)` at `rhs[j * k + p]`, inside the `n * k` floats of the slice. Nothing
-    // else aliases `buf` while gemm writes it.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            buf.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs,
-            1,
-            k as isize,
-            rhs,
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// Runs `visit` over every block of `a · bᵀ`. Returns the fold states `S` (one per rayon fold,
-/// to be merged by the caller) and the row-block states `R` in row order.
-pub(crate) fn blocked<S, R>(
-    a: &Dict,
-    b: &Dict,
-    blocking: Blocking,
-    shared_init: impl Fn() -> S + Sync + Send,
-    row_init: impl Fn(usize, usize) -> R + Sync + Send,
-    visit: impl Fn(&mut S, &mut R, &BlockView<'_>) + Sync + Send,
-) -> (Vec<S>, Vec<R>)
-where
-    S: Send,
-    R: Send,
-{
-    let (br, bc) = (blocking.rows.max(1), blocking.cols.max(1));
-    let nrb = a.n.div_ceil(br);
-    let min_len = nrb.div_ceil(rayon::current_num_threads() * 4).max(1);
-    let parts: Vec<(S, Vec<(usize, R)>)> = (0..nrb)
-        .into_par_iter()
-        .with_min_len(min_len)
-        .fold(
-            || (shared_init(), Vec::new(), Vec::new()),
-            |(mut s, mut rs, mut buf), rb| {
-                let (r0, r1) = (rb * br, ((rb + 1) * br).min(a.n));
-                let mut r = row_init(r0, r1);
-                let mut c0 = 0;
-                while c0 < b.n {
-                    let c1 = (c0 + bc).min(b.n);
-                    block_product(a, (r0, r1), b, (c0, c1), &mut buf);
-                    let view = BlockView {
-                        c0,
-                        nr: r1 - r0,
-                        nc: c1 - c0,
-                        c: &buf,
-                    };
-                    visit(&mut s, &mut r, &view);
-                    c0 = c1;
-                }
-                rs.push((rb, r));
-                (s, rs, buf)
-            },
-        )
-        .map(|(s, rs, _)| (s, rs))
-        .collect();
-    let mut shared = Vec::with_capacity(parts.len());
-    let mut rows: Vec<(usize, R)> = Vec::with_capacity(nrb);
-    for (s, rs) in parts {
-        shared.push(s);
-        rows.extend(rs);
-    }
-    rows.sort_by_key(|(rb, _)| *rb);
-    (shared, rows.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Whether `(v, i)` ranks before `(w, j)`: larger value first, then smaller index.
@@ -194,35 +91,6 @@ impl TopK {
     #[inline]
     pub(crate) fn kth(&self, slot: usize) -> f32 {
         self.value[slot * self.k + self.k - 1]
-    }
-
-    #[inline]
-    pub(crate) fn insert(&mut self, slot: usize, v: f32, id: u32) {
-        let base = slot * self.k;
-        let (idx, val) = (
-            &mut self.index[base..base + self.k],
-            &mut self.value[base..base + self.k],
-        );
-        let last = self.k - 1;
-        if !better(v, id, val[last], idx[last]) {
-            return;
-        }
-        let mut p = last;
-        while p > 0 && better(v, id, val[p - 1], idx[p - 1]) {
-            val[p] = val[p - 1];
-            idx[p] = idx[p - 1];
-            p -= 1;
-        }
-        val[p] = v;
-        idx[p] = id;
-    }
-
-    fn merge(&mut self, other: &TopK) {
-        for slot in 0..self.len() {
-            for (j, v) in other.get(slot) {
-                self.insert(slot, v, j);
-            }
-        }
     }
 }
 
@@ -400,59 +268,177 @@ impl Epilogue for MaxEpilogue {
     }
 }
 
-/// The best `k` of each column, and each column's current `k`-th value (padded with `+inf`
-/// to whole vectors, so padding never passes the filter).
-struct ColTop {
-    top: TopK,
+/// Top-k candidates being collected for `n` items: per item an unsorted buffer of up to `2k`
+/// offers and a threshold `kth`, a value that `k` offers already reach, so an offer below it
+/// can never be among the best `k`. A full buffer is cut back to its best `k` by selection
+/// (which raises the threshold to the `k`-th best value), so an offer costs O(1) amortised
+/// instead of the O(k) of a sorted insertion. The result does not depend on the order of the
+/// offers: it is the best `k` of all offers by (value descending, index ascending).
+struct Collector {
+    k: usize,
+    len: Vec<u32>,
+    /// `(n, 2k)` offers `(value, index)`.
+    buf: Vec<(f32, u32)>,
+    /// `(n)`, padded with `+inf` to `padded` so that padding never passes a filter.
     kth: Vec<f32>,
 }
 
-/// The best `k` of a block of rows starting at `r0`.
-struct RowTop {
-    r0: usize,
-    top: TopK,
+/// Larger value first, then smaller index.
+fn order(x: &(f32, u32), y: &(f32, u32)) -> std::cmp::Ordering {
+    y.0.total_cmp(&x.0).then(x.1.cmp(&y.1))
 }
 
-/// Top-k candidates of each row and column. A value is offered to a list only when it is at
-/// least the list's current `k`-th value; `TopK::insert` settles ties by index, so the lists
-/// do not depend on the order of the offers.
+impl Collector {
+    fn new(n: usize, k: usize, padded: usize) -> Collector {
+        let mut kth = vec![f32::INFINITY; padded.max(n)];
+        kth[..n].fill(f32::NEG_INFINITY);
+        Collector {
+            k,
+            len: vec![0; n],
+            buf: vec![(0.0, u32::MAX); n * 2 * k],
+            kth,
+        }
+    }
+
+    /// Offers `(v, id)` to item `slot`; the caller has checked `v >= kth[slot]`.
+    #[inline]
+    fn offer(&mut self, slot: usize, v: f32, id: u32) {
+        let (k, cap) = (self.k, 2 * self.k);
+        let len = self.len[slot] as usize;
+        self.buf[slot * cap + len] = (v, id);
+        let len = len + 1;
+        self.len[slot] = len as u32;
+        if len == k {
+            // The first `k` offers: the smallest of them is reached by all `k`.
+            let b = &self.buf[slot * cap..slot * cap + k];
+            let low = b.iter().map(|e| e.0).fold(f32::INFINITY, f32::min);
+            self.kth[slot] = self.kth[slot].max(low);
+        } else if len == cap {
+            self.cut(slot);
+        }
+    }
+
+    /// Keeps the best `k` offers of item `slot`, unordered.
+    fn cut(&mut self, slot: usize) {
+        let (k, cap) = (self.k, 2 * self.k);
+        let len = self.len[slot] as usize;
+        if len <= k {
+            return;
+        }
+        let b = &mut self.buf[slot * cap..slot * cap + len];
+        b.select_nth_unstable_by(k - 1, order);
+        // The threshold may come from elsewhere (another fold's `k` offers): never lower it.
+        self.kth[slot] = self.kth[slot].max(b[k - 1].0);
+        self.len[slot] = k as u32;
+    }
+
+    /// Item `slot`'s offers, unordered.
+    fn offers(&self, slot: usize) -> &[(f32, u32)] {
+        let cap = 2 * self.k;
+        &self.buf[slot * cap..slot * cap + self.len[slot] as usize]
+    }
+
+    /// Offers everything `other` holds.
+    fn absorb(&mut self, other: &Collector) {
+        for slot in 0..self.len.len() {
+            for &(v, id) in other.offers(slot) {
+                if v >= self.kth[slot] {
+                    self.offer(slot, v, id);
+                }
+            }
+        }
+    }
+
+    /// The best `k` of each item, sorted.
+    fn into_top(mut self) -> TopK {
+        let n = self.len.len();
+        let mut top = TopK::new(n, self.k);
+        for slot in 0..n {
+            self.cut(slot);
+            let cap = 2 * self.k;
+            let b = &mut self.buf[slot * cap..slot * cap + self.len[slot] as usize];
+            b.sort_unstable_by(order);
+            for (p, &(v, id)) in b.iter().enumerate() {
+                top.value[slot * self.k + p] = v;
+                top.index[slot * self.k + p] = id;
+            }
+        }
+        top
+    }
+}
+
+/// The candidates of a block of rows starting at `r0`.
+struct RowTop {
+    r0: usize,
+    top: Collector,
+}
+
+/// Top-k candidates of each row and column: every value at least an item's threshold is
+/// offered to its [`Collector`].
+///
+/// Each rayon fold collects its own column candidates, but a column's threshold in one fold
+/// is also a valid threshold for the others (that fold holds `k` offers reaching it, and the
+/// merged lists are the best `k` of all folds), so folds publish their column thresholds
+/// after each row block and take the others' before the next: the columns are filtered
+/// about as tightly as by a single fold.
 struct TopEpilogue {
     n_cols: usize,
     k: usize,
+    /// The highest column thresholds published, as order-preserving bits ([`ordered`]).
+    published: Vec<AtomicU32>,
+}
+
+/// The bits of `x` as a `u32` with the order of `x` (for finite values and infinities).
+fn ordered(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 { !b } else { b | (1 << 31) }
+}
+
+/// The inverse of [`ordered`].
+fn from_ordered(b: u32) -> f32 {
+    f32::from_bits(if b >> 31 == 1 { b & !(1 << 31) } else { !b })
 }
 
 impl Epilogue for TopEpilogue {
-    type Shared = ColTop;
+    type Shared = Collector;
     type Rows = RowTop;
 
-    fn shared(&self) -> ColTop {
-        let mut kth = vec![f32::INFINITY; self.n_cols.div_ceil(NR) * NR];
-        kth[..self.n_cols].fill(f32::NEG_INFINITY);
-        ColTop {
-            top: TopK::new(self.n_cols, self.k),
-            kth,
-        }
+    fn shared(&self) -> Collector {
+        Collector::new(self.n_cols, self.k, self.n_cols.div_ceil(NR) * NR)
     }
 
     fn rows(&self, r0: usize, r1: usize) -> RowTop {
         RowTop {
             r0,
-            top: TopK::new(r1 - r0, self.k),
+            top: Collector::new(r1 - r0, self.k, r1 - r0),
         }
     }
 
-    fn visit(&self, s: &mut ColTop, r: &mut RowTop, t: Tile, c: &[[f32; NR]; MR]) {
+    fn block_start(&self, s: &mut Collector) {
+        for (t, p) in s.kth.iter_mut().zip(&self.published) {
+            *t = t.max(from_ordered(p.load(Relaxed)));
+        }
+    }
+
+    fn block_end(&self, s: &mut Collector) {
+        for (t, p) in s.kth.iter().zip(&self.published) {
+            if *t > f32::NEG_INFINITY {
+                p.fetch_max(ordered(*t), Relaxed);
+            }
+        }
+    }
+
+    fn visit(&self, s: &mut Collector, r: &mut RowTop, t: Tile, c: &[[f32; NR]; MR]) {
         for (i, ci) in c.iter().enumerate().take(t.nr) {
             let gi = t.r0 + i;
             let li = gi - r.r0;
             for (j, &v) in ci.iter().enumerate().take(t.nc) {
                 let gj = t.c0 + j;
-                if v >= r.top.kth(li) {
-                    r.top.insert(li, v, gj as u32);
+                if v >= r.top.kth[li] {
+                    r.top.offer(li, v, gj as u32);
                 }
                 if v >= s.kth[gj] {
-                    s.top.insert(gj, v, gi as u32);
-                    s.kth[gj] = s.top.kth(gj);
+                    s.offer(gj, v, gi as u32);
                 }
             }
         }
@@ -463,7 +449,7 @@ impl Epilogue for TopEpilogue {
     #[inline]
     unsafe fn visit_avx512(
         &self,
-        s: &mut ColTop,
+        s: &mut Collector,
         r: &mut RowTop,
         t: Tile,
         acc: &[[__m512; 2]; MR],
@@ -473,7 +459,7 @@ impl Epilogue for TopEpilogue {
         let mut buf = [0.0f32; NR];
         for (i, row) in acc.iter().enumerate().take(t.nr) {
             let li = t.r0 + i - r.r0;
-            let kth = _mm512_set1_ps(r.top.kth(li));
+            let kth = _mm512_set1_ps(r.top.kth[li]);
             let g0 = _mm512_mask_cmp_ps_mask(masks[0], row[0], kth, _CMP_GE_OQ);
             let g1 = _mm512_mask_cmp_ps_mask(masks[1], row[1], kth, _CMP_GE_OQ);
             let mut g = u32::from(g0) | (u32::from(g1) << LANES);
@@ -486,7 +472,10 @@ impl Epilogue for TopEpilogue {
                 while g != 0 {
                     let l = g.trailing_zeros() as usize;
                     g &= g - 1;
-                    r.top.insert(li, buf[l], (t.c0 + l) as u32);
+                    // Offers may raise the threshold: the rest of the row is checked again.
+                    if buf[l] >= r.top.kth[li] {
+                        r.top.offer(li, buf[l], (t.c0 + l) as u32);
+                    }
                 }
             }
         }
@@ -516,14 +505,10 @@ impl Epilogue for TopEpilogue {
                 while g != 0 {
                     let l = g.trailing_zeros() as usize;
                     g &= g - 1;
-                    s.top.insert(p + l, buf[l], (t.r0 + i) as u32);
+                    if buf[l] >= s.kth[p + l] {
+                        s.offer(p + l, buf[l], (t.r0 + i) as u32);
+                    }
                 }
-            }
-            let mut g = any;
-            while g != 0 {
-                let l = g.trailing_zeros() as usize;
-                g &= g - 1;
-                s.kth[p + l] = s.top.kth(p + l);
             }
         }
     }
@@ -590,16 +575,22 @@ pub(crate) fn scan_on(backend: Backend, a: &Dict, b: &Dict, opts: &ScanOptions) 
             col_top: None,
         };
     }
-    let e = TopEpilogue { n_cols: b.n, k };
+    let e = TopEpilogue {
+        n_cols: b.n,
+        k,
+        published: (0..b.n)
+            .map(|_| AtomicU32::new(ordered(f32::NEG_INFINITY)))
+            .collect(),
+    };
     let (shared, rows) = kernel::run_on(backend, &a.rows, sel, &packed, blk, &e);
     let mut it = shared.into_iter();
     let mut col = it
         .next()
-        .expect("a non-empty dictionary yields at least one fold")
-        .top;
+        .expect("a non-empty dictionary yields at least one fold");
     for other in it {
-        col.merge(&other.top);
+        col.absorb(&other);
     }
+    let col = col.into_top();
     let col_max = (0..b.n).map(|j| col.value[j * k]).collect();
     let col_arg = (0..b.n).map(|j| col.index[j * k]).collect();
     let mut row_top = TopK {
@@ -608,8 +599,9 @@ pub(crate) fn scan_on(backend: Backend, a: &Dict, b: &Dict, opts: &ScanOptions) 
         value: Vec::with_capacity(a.n * k),
     };
     for r in rows {
-        row_top.index.extend(r.top.index);
-        row_top.value.extend(r.top.value);
+        let t = r.top.into_top();
+        row_top.index.extend(t.index);
+        row_top.value.extend(t.value);
     }
     Scan {
         row_max: (0..a.n).map(|i| row_top.value[i * k]).collect(),
@@ -619,6 +611,99 @@ pub(crate) fn scan_on(backend: Backend, a: &Dict, b: &Dict, opts: &ScanOptions) 
         row_top: Some(row_top),
         col_top: Some(col),
     }
+}
+
+/// The columns of each row at or above a threshold: per row `(column, value)` in no order,
+/// cut back to the best `cap` whenever a list reaches `4 cap`.
+struct AboveEpilogue {
+    threshold: f32,
+    cap: usize,
+}
+
+impl AboveEpilogue {
+    fn push(&self, list: &mut Vec<(u32, f32)>, j: usize, v: f32) {
+        list.push((j as u32, v));
+        if list.len() >= 4 * self.cap {
+            list.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+            list.truncate(self.cap);
+        }
+    }
+}
+
+impl Epilogue for AboveEpilogue {
+    type Shared = ();
+    type Rows = (usize, Vec<Vec<(u32, f32)>>);
+
+    fn shared(&self) {}
+
+    fn rows(&self, r0: usize, r1: usize) -> Self::Rows {
+        (r0, vec![Vec::new(); r1 - r0])
+    }
+
+    fn visit(&self, _: &mut (), r: &mut Self::Rows, t: Tile, c: &[[f32; NR]; MR]) {
+        for (i, ci) in c.iter().enumerate().take(t.nr) {
+            let list = &mut r.1[t.r0 + i - r.0];
+            for (j, &v) in ci.iter().enumerate().take(t.nc) {
+                if v >= self.threshold {
+                    self.push(list, t.c0 + j, v);
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn visit_avx512(
+        &self,
+        _: &mut (),
+        r: &mut Self::Rows,
+        t: Tile,
+        acc: &[[__m512; 2]; MR],
+    ) {
+        use std::arch::x86_64::*;
+        let masks = [lane_mask(t.nc, 0), lane_mask(t.nc, 1)];
+        let th = _mm512_set1_ps(self.threshold);
+        let mut buf = [0.0f32; NR];
+        for (i, row) in acc.iter().enumerate().take(t.nr) {
+            let g0 = _mm512_mask_cmp_ps_mask(masks[0], row[0], th, _CMP_GE_OQ);
+            let g1 = _mm512_mask_cmp_ps_mask(masks[1], row[1], th, _CMP_GE_OQ);
+            let mut g = u32::from(g0) | (u32::from(g1) << LANES);
+            if g == 0 {
+                continue;
+            }
+            // SAFETY: `buf` holds two vectors.
+            unsafe {
+                _mm512_storeu_ps(buf.as_mut_ptr(), row[0]);
+                _mm512_storeu_ps(buf.as_mut_ptr().add(LANES), row[1]);
+            }
+            let list = &mut r.1[t.r0 + i - r.0];
+            while g != 0 {
+                let l = g.trailing_zeros() as usize;
+                g &= g - 1;
+                self.push(list, t.c0 + l, buf[l]);
+            }
+        }
+    }
+}
+
+/// For each row of `a` `(n_a, d)`, the rows of `b` `(n_b, d)` with cosine at least
+/// `threshold`, as `(index, cosine)` in no order; lists longer than `4 cap` are cut back to
+/// their best `cap` on the way (the caller keeps the best `cap` at the end).
+pub(crate) fn rows_above(
+    a: &Dict,
+    b: &Dict,
+    threshold: f32,
+    cap: usize,
+    blocking: Blocking,
+) -> Vec<Vec<(u32, f32)>> {
+    let packed = PackedCols::new(&b.rows, b.d, Sel::All(b.n));
+    let e = AboveEpilogue {
+        threshold,
+        cap: cap.max(1),
+    };
+    let (_, rows) = kernel::run(&a.rows, Sel::All(a.n), &packed, blocks(blocking), &e);
+    rows.into_iter().flat_map(|(_, r)| r).collect()
 }
 
 /// Stores tiles: each row block keeps its rows of the product.
@@ -689,11 +774,23 @@ mod tests {
     use crate::synth::random_dict;
 
     #[test]
-    fn topk_keeps_best_with_ties_to_smaller_index() {
-        let mut t = TopK::new(1, 3);
-        for (i, v) in [(5, 0.1), (2, 0.5), (7, 0.5), (1, 0.5), (3, 0.9)] {
-            t.insert(0, v, i);
+    fn collector_keeps_best_with_ties_to_smaller_index() {
+        let offers = [
+            (5, 0.1),
+            (2, 0.5),
+            (7, 0.5),
+            (1, 0.5),
+            (3, 0.9),
+            (0, 0.1),
+            (9, 0.5),
+        ];
+        let mut c = Collector::new(1, 3, 1);
+        for (i, v) in offers {
+            if v >= c.kth[0] {
+                c.offer(0, v, i);
+            }
         }
+        let t = c.into_top();
         assert_eq!(
             t.get(0).collect::<Vec<_>>(),
             vec![(3, 0.9), (1, 0.5), (2, 0.5)]

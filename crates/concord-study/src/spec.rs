@@ -19,7 +19,9 @@ pub struct Study {
     pub name: String,
     /// One paragraph for the report: what this study runs and why.
     pub about: String,
-    /// A corpus file, or `shakespeare` for the default corpus fetched by the setup.
+    /// A corpus file or folder, a Hugging Face dataset id (`Elriggs/openwebtext-100k`,
+    /// downloaded by the harvest when missing from the cache), or `shakespeare` for the default
+    /// corpus fetched by the setup.
     pub corpus: String,
     /// Training text: the first `docs` documents of the corpus.
     pub docs: u64,

@@ -501,7 +501,6 @@ impl CoStats {
         } = pending;
         rayon::join(
             || {
-                add_moments(a, sum_a, sq_a, count_a);
                 for t in 0..a.tokens() {
                     let token = (t0 + t) as u32;
                     for (i, value) in a.row(t) {
@@ -510,7 +509,9 @@ impl CoStats {
                 }
                 *a_len += a.indices.len();
             },
+            // The scattered pushes into `a`'s lists cost the most: both moments go here.
             || {
+                add_moments(a, sum_a, sq_a, count_a);
                 add_moments(b, sum_b, sq_b, count_b);
                 b_entries.extend(
                     b.indices

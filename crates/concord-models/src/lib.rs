@@ -23,6 +23,7 @@
 mod arch;
 pub mod config;
 mod error;
+mod kernels;
 pub mod gguf;
 mod model;
 pub mod pack;

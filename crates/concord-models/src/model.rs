@@ -215,6 +215,25 @@ impl Model {
         })
     }
 
+    /// A second handle on the same model: the weights are shared (shallow clones, no copy), the
+    /// tokenizer is cloned. A `Model` is `Send` but not `Sync` (libtorch tensors are not), so
+    /// each thread that runs batches gets its own replica; forwards only read the weights, so
+    /// replicas may run concurrently.
+    pub fn replica(&self) -> Model {
+        Model {
+            info: self.info.clone(),
+            tokenizer: self.tokenizer.clone(),
+            cfg: self.cfg.clone(),
+            net: match &self.net {
+                Net::Llama(m) => Net::Llama(m.replica()),
+                Net::Neox(m) => Net::Neox(m.replica()),
+                Net::Bert(m) => Net::Bert(m.replica()),
+            },
+            device: self.device,
+            kind: self.kind,
+        }
+    }
+
     /// The hyper-parameters the model was built from.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg

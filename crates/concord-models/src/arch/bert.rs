@@ -5,7 +5,7 @@
 use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
-use super::{AttnCtx, HookCtx, gelu, layer_norm, linear, merge_heads, split_heads};
+use super::{AttnCtx, HookCtx, add_layer_norm, gelu, layer_norm, linear, merge_heads, split_heads};
 use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
@@ -112,6 +112,30 @@ impl Bert {
         })
     }
 
+    /// A second handle on the same weights (shallow clones: no copy).
+    pub fn replica(&self) -> Bert {
+        let lin = |l: &Lin| (l.0.shallow_clone(), l.1.shallow_clone());
+        Bert {
+            cfg: self.cfg.clone(),
+            word_embeddings: self.word_embeddings.shallow_clone(),
+            position_embeddings: self.position_embeddings.shallow_clone(),
+            token_type_embeddings: self.token_type_embeddings.shallow_clone(),
+            embeddings_layer_norm: lin(&self.embeddings_layer_norm),
+            layers: self
+                .layers
+                .iter()
+                .map(|b| Block {
+                    qkv: lin(&b.qkv),
+                    attention_output_dense: lin(&b.attention_output_dense),
+                    attention_output_layer_norm: lin(&b.attention_output_layer_norm),
+                    intermediate_dense: lin(&b.intermediate_dense),
+                    output_dense: lin(&b.output_dense),
+                    output_layer_norm: lin(&b.output_layer_norm),
+                })
+                .collect(),
+        }
+    }
+
     /// Word + token type 0 + absolute position embeddings, then LayerNorm.
     /// `ids`: `(batch, seq)` i64; returns `(batch, seq, d_model)`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
@@ -147,7 +171,7 @@ impl Bert {
         )?;
         let attn_out = hooks.point(l, HookKind::AttnOut, attn_out)?;
         let n = &b.attention_output_layer_norm;
-        let h = layer_norm(&attn_out.f_add(xs)?, &n.0, &n.1, eps)?;
+        let h = add_layer_norm(&attn_out, xs, &n.0, &n.1, eps)?;
         let act = gelu(
             linear(&h, &b.intermediate_dense.0, Some(&b.intermediate_dense.1))?,
             cfg.gelu_tanh,
@@ -156,6 +180,6 @@ impl Bert {
         let mlp_out = linear(&act, &b.output_dense.0, Some(&b.output_dense.1))?;
         let mlp_out = hooks.point(l, HookKind::MlpOut, mlp_out)?;
         let n = &b.output_layer_norm;
-        layer_norm(&mlp_out.f_add(&h)?, &n.0, &n.1, eps)
+        add_layer_norm(&mlp_out, &h, &n.0, &n.1, eps)
     }
 }

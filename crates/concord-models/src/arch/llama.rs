@@ -5,9 +5,9 @@ use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
 use super::{AttnCtx, HookCtx, linear, merge_heads, split_heads};
-use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
+use crate::{Result, kernels};
 
 #[derive(Debug)]
 pub(crate) struct Block {
@@ -75,6 +75,28 @@ impl Llama {
         })
     }
 
+    /// A second handle on the same weights (shallow clones: no copy).
+    pub fn replica(&self) -> Llama {
+        Llama {
+            cfg: self.cfg.clone(),
+            embed_tokens: self.embed_tokens.shallow_clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|b| Block {
+                    input_layernorm: b.input_layernorm.shallow_clone(),
+                    qkv: b.qkv.shallow_clone(),
+                    o_proj: b.o_proj.shallow_clone(),
+                    post_attention_layernorm: b.post_attention_layernorm.shallow_clone(),
+                    gate_up: b.gate_up.shallow_clone(),
+                    down_proj: b.down_proj.shallow_clone(),
+                })
+                .collect(),
+            norm: self.norm.shallow_clone(),
+            lm_head: self.lm_head.shallow_clone(),
+        }
+    }
+
     /// `ids`: `(batch, seq)` i64; returns `(batch, seq, d_model)`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(Tensor::f_embedding(
@@ -88,6 +110,9 @@ impl Llama {
 
     /// RMSNorm as transformers computes it: in f32, cast back, then scaled.
     fn rms_norm(&self, xs: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if let Some(out) = kernels::rms_norm(xs, w, self.cfg.norm_eps)? {
+            return Ok(out);
+        }
         let kind = xs.kind();
         let x = xs.f_to_kind(Kind::Float)?;
         let var = x
@@ -117,26 +142,51 @@ impl Llama {
             cfg.n_kv_heads as i64,
             cfg.head_dim() as i64,
         );
-        // Rotate q and k together: (batch, seq, heads + kv_heads, head_dim).
-        let qk =
-            attn.rope(
-                &qkv.f_narrow(-1, 0, d + kv)?
-                    .f_view([bs, s, heads + kv_heads, hd])?,
-            )?;
-        let q = qk.f_narrow(2, 0, heads)?.f_transpose(1, 2)?;
-        let k = qk.f_narrow(2, heads, kv_heads)?.f_transpose(1, 2)?;
+        // Rotate q and k together; the fused kernel writes them heads first,
+        // (batch, heads + kv_heads, seq, head_dim), each head contiguous for attention.
+        let fused = match (&attn.cos, &attn.sin) {
+            (Some(cos), Some(sin)) => {
+                kernels::rope(&qkv, (heads + kv_heads) as usize, hd as usize, cos, sin)?
+            }
+            _ => None,
+        };
+        let (q, k) = match fused {
+            Some(qk) => (qk.f_narrow(1, 0, heads)?, qk.f_narrow(1, heads, kv_heads)?),
+            None => {
+                let qk = attn.rope(&qkv.f_narrow(-1, 0, d + kv)?.f_view([
+                    bs,
+                    s,
+                    heads + kv_heads,
+                    hd,
+                ])?)?;
+                (
+                    qk.f_narrow(2, 0, heads)?.f_transpose(1, 2)?,
+                    qk.f_narrow(2, heads, kv_heads)?.f_transpose(1, 2)?,
+                )
+            }
+        };
         let v = split_heads(&qkv.f_narrow(-1, d + kv, kv)?, kv_heads)?;
         let a = attn.attend(&q, &k, &v, cfg.n_kv_heads != cfg.n_heads)?;
         let attn_out = linear(&merge_heads(&a)?, &b.o_proj, None)?;
         let attn_out = hooks.point(l, HookKind::AttnOut, attn_out)?;
-        let xs = xs.f_add(&attn_out)?;
-        let h = self.rms_norm(&xs, &b.post_attention_layernorm)?;
+        let w = &b.post_attention_layernorm;
+        let (xs, h) = match kernels::add_rms_norm(xs, &attn_out, w, cfg.norm_eps)? {
+            Some(fused) => fused,
+            None => {
+                let xs = xs.f_add(&attn_out)?;
+                let h = self.rms_norm(&xs, w)?;
+                (xs, h)
+            }
+        };
         let gu = linear(&h, &b.gate_up, None)?;
         let m = cfg.d_mlp as i64;
-        let act = gu
-            .f_narrow(-1, 0, m)?
-            .f_silu()?
-            .f_mul_(&gu.f_narrow(-1, m, m)?)?;
+        let act = match kernels::silu_mul(&gu)? {
+            Some(act) => act,
+            None => gu
+                .f_narrow(-1, 0, m)?
+                .f_silu()?
+                .f_mul_(&gu.f_narrow(-1, m, m)?)?,
+        };
         let act = hooks.point(l, HookKind::MlpPost, act)?;
         let mlp_out = linear(&act, &b.down_proj, None)?;
         let mlp_out = hooks.point(l, HookKind::MlpOut, mlp_out)?;

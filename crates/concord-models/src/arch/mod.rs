@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use concord_core::{HookKind, HookName};
 use tch::{Kind, Tensor};
 
-use crate::{Error, Result};
+use crate::{Error, Result, kernels};
 
 /// A replacement function for a splice: takes the hook's value `(batch, seq, d)` and returns a
 /// tensor of the same shape.
@@ -202,8 +202,26 @@ pub(crate) fn linear(xs: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
 
 /// LayerNorm over the last dimension. `xs`: `(..., d)`.
 pub(crate) fn layer_norm(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if let Some(out) = kernels::layer_norm(xs, None, w, b, eps)? {
+        return Ok(out);
+    }
     let d = *xs.size().last().unwrap_or(&0);
     Ok(xs.f_layer_norm([d], Some(w), Some(b), eps, false)?)
+}
+
+/// LayerNorm of a residual sum `xs + ys` (the sum rounded to the dtype first). `xs`, `ys`:
+/// `(..., d)`.
+pub(crate) fn add_layer_norm(
+    xs: &Tensor,
+    ys: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    if let Some(out) = kernels::layer_norm(xs, Some(ys), w, b, eps)? {
+        return Ok(out);
+    }
+    layer_norm(&xs.f_add(ys)?, w, b, eps)
 }
 
 /// Exact (erf) or tanh-approximated GELU, in place on a fresh tensor.

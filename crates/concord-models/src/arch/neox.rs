@@ -16,6 +16,15 @@ struct Norm {
     bias: Tensor,
 }
 
+impl Norm {
+    fn replica(&self) -> Norm {
+        Norm {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Block {
     input_layernorm: Norm,
@@ -97,6 +106,29 @@ impl Neox {
             final_layer_norm,
             embed_out: prep(embed_out)?,
         })
+    }
+
+    /// A second handle on the same weights (shallow clones: no copy).
+    pub fn replica(&self) -> Neox {
+        let lin = |l: &(Tensor, Tensor)| (l.0.shallow_clone(), l.1.shallow_clone());
+        Neox {
+            cfg: self.cfg.clone(),
+            embed_in: self.embed_in.shallow_clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|b| Block {
+                    input_layernorm: b.input_layernorm.replica(),
+                    post_attention_layernorm: b.post_attention_layernorm.replica(),
+                    query_key_value: lin(&b.query_key_value),
+                    dense: lin(&b.dense),
+                    dense_h_to_4h: lin(&b.dense_h_to_4h),
+                    dense_4h_to_h: lin(&b.dense_4h_to_h),
+                })
+                .collect(),
+            final_layer_norm: self.final_layer_norm.replica(),
+            embed_out: self.embed_out.shallow_clone(),
+        }
     }
 
     /// `ids`: `(batch, seq)` i64; returns `(batch, seq, d_model)`.

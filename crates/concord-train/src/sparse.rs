@@ -490,6 +490,7 @@ mod tests {
             (129, 17, 1, 0.2),
             (20, 40, 0, 0.5),
             (40, 50, 16_389, 0.3),
+            (600, 400, 200, 0.3),
         ];
         for (seed, &(rows, n, d, density)) in shapes.iter().enumerate() {
             let seed = seed as u64;

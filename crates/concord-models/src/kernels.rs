@@ -365,7 +365,7 @@ fn silu_mul_typed<E: Elem>(gu: &Tensor) -> Result<Option<Tensor>> {
     let Some(p) = ptr::<E>(gu) else {
         return Ok(None);
     };
-    if two_m == 0 || two_m % 2 != 0 {
+    if two_m == 0 || !two_m.is_multiple_of(2) {
         return Ok(None);
     }
     let m = two_m / 2;
@@ -576,7 +576,7 @@ fn rope_typed<E: Elem>(
     let hd = last_dim(cos);
     let (b, seq, row) = (b as usize, seq as usize, row as usize);
     if hd == 0
-        || hd % 2 != 0
+        || !hd.is_multiple_of(2)
         || heads * hd > row
         || numel(cos) != seq * hd
         || numel(sin) != seq * hd
@@ -755,8 +755,8 @@ mod tests {
     fn bf16_rounding_is_nearest_even() {
         for x in [
             1.0f32,
-            1.00390625,
-            1.01171875,
+            1.0 + 1.0 / 256.0, // halfway between two bf16: rounds down to even
+            1.0 + 3.0 / 256.0, // halfway: rounds up to even
             -3.5e-3,
             65504.0,
             f32::INFINITY,

@@ -6,8 +6,10 @@
 //! store ends identical to an uninterrupted run.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -68,6 +70,14 @@ pub struct Args {
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Rows per parquet shard, rounded up to whole windows (default: about 64 MB of
+    /// activations per shard).
+    #[arg(long)]
+    rows_per_shard: Option<u64>,
+    /// Threads that each run whole batches, libtorch's threads shared among them (default: 2
+    /// on a CPU with at least 2 cores; 0 runs batches on the main thread, as on CUDA).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 /// `(rows, d)` f32 on the CPU, row-major, from a tensor of any float kind and device.
@@ -124,8 +134,12 @@ pub fn run(args: &Args) -> Result<()> {
     if hooks.is_empty() {
         bail!("--hooks: no hook given");
     }
-    if args.batch == 0 || args.tokens == Some(0) || args.docs == Some(0) {
-        bail!("--batch, --tokens and --docs must be positive");
+    if args.batch == 0
+        || args.tokens == Some(0)
+        || args.docs == Some(0)
+        || args.rows_per_shard == Some(0)
+    {
+        bail!("--batch, --tokens, --docs and --rows-per-shard must be positive");
     }
     let model = load_model(&args.model, &args.device, &args.compute_dtype)?;
     model.check_hooks(&hooks)?;
@@ -143,6 +157,7 @@ pub fn run(args: &Args) -> Result<()> {
         "compute_dtype": args.compute_dtype,
         "format": 1,
     });
+    let window = args.context_len.max(1) as u64;
     let specs: Vec<ManifestSpec> = hooks
         .iter()
         .map(|&hook| {
@@ -161,7 +176,10 @@ pub fn run(args: &Args) -> Result<()> {
                 corpus_sha256: corpus_sha256.clone(),
                 context_len: args.context_len,
                 packing,
-                rows_per_shard: default_rows_per_shard(d, args.dtype, args.context_len),
+                rows_per_shard: args.rows_per_shard.map_or_else(
+                    || default_rows_per_shard(d, args.dtype, args.context_len),
+                    |rows| rows.div_ceil(window) * window,
+                ),
                 settings: settings.clone(),
             }
         })
@@ -185,34 +203,43 @@ pub fn run(args: &Args) -> Result<()> {
     let mut windows = pack(&model.tokenizer, model.info.is_causal, docs, opts)?;
     let bar = Progress::tokens(args.tokens, "harvest");
     let start = Instant::now();
-    let (mut tokens, mut done_tokens) = (0u64, 0u64);
-    let mut batch: Vec<Window> = Vec::with_capacity(args.batch);
-    let mut ended = false;
-    loop {
-        if args.tokens.is_some_and(|t| tokens >= t) {
-            break;
+    let workers = match args.workers {
+        Some(n) => n,
+        None => default_workers(&model),
+    };
+    let (tokens, done_tokens, ended) = std::thread::scope(|scope| -> Result<(u64, u64, bool)> {
+        let mut batches = Batches::start(scope, &model, &hooks, pad, workers);
+        let (mut tokens, mut done_tokens) = (0u64, 0u64);
+        let mut batch: Vec<Window> = Vec::with_capacity(args.batch);
+        let mut ended = false;
+        loop {
+            if args.tokens.is_some_and(|t| tokens >= t) {
+                break;
+            }
+            let Some(w) = windows.next().transpose()? else {
+                ended = true;
+                break;
+            };
+            tokens += w.rows.len() as u64;
+            if w.seq < resume_at {
+                // Held by the store already (a resumed run): tokenized again, not recomputed.
+                done_tokens += w.rows.len() as u64;
+                continue;
+            }
+            batch.push(w);
+            if batch.len() == args.batch {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(args.batch));
+                batches.submit(full, &mut writer)?;
+                bar.set(tokens);
+            }
         }
-        let Some(w) = windows.next().transpose()? else {
-            ended = true;
-            break;
-        };
-        tokens += w.rows.len() as u64;
-        if w.seq < resume_at {
-            // Held by the store already (a resumed run): tokenized again, not recomputed.
-            done_tokens += w.rows.len() as u64;
-            continue;
+        if !batch.is_empty() {
+            batches.submit(batch, &mut writer)?;
         }
-        batch.push(w);
-        if batch.len() == args.batch {
-            run_batch(&model, &hooks, &batch, pad, &mut writer)?;
-            batch.clear();
-            bar.set(tokens);
-        }
-    }
-    if !batch.is_empty() {
-        run_batch(&model, &hooks, &batch, pad, &mut writer)?;
+        batches.finish(&mut writer)?;
         bar.set(tokens);
-    }
+        Ok((tokens, done_tokens, ended))
+    })?;
     if let Some(e) = error.borrow_mut().take() {
         return Err(e.into());
     }
@@ -241,24 +268,172 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Runs one batch of windows and appends each window's rows to every hook's dataset.
-fn run_batch(
-    model: &Model,
-    hooks: &[HookName],
-    batch: &[Window],
+/// Worker threads for a model: two on a CPU with at least two cores, else none (CUDA keeps one
+/// stream, driven from the calling thread).
+fn default_workers(model: &Model) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if model.device() == Device::Cpu && cores >= 2 {
+        2
+    } else {
+        0
+    }
+}
+
+/// A batch of windows and its activations, one `(batch * seq * d)` f32 vector per hook.
+type Done = (Vec<Window>, Vec<Vec<f32>>);
+
+/// Runs batches of windows through the model and writes them to the store in the order they
+/// were submitted.
+///
+/// With workers, each worker thread owns a replica of the model (the weights shared) and runs
+/// whole batches with its share of libtorch's intra-op threads (`at::set_num_threads` sets
+/// OpenMP's and MKL's thread counts for the calling thread only). On a small CPU this beats one
+/// forward split across all threads: element-wise kernels and attention scale poorly across
+/// threads, whole batches do not contend. Results come back out of order and wait in `pending`
+/// until every earlier batch is written, so the store (and a resumed run) is byte-identical to
+/// a run without workers; at most two batches per worker are in flight, which bounds memory.
+struct Batches<'s> {
+    /// The model, when batches run on the calling thread (no workers).
+    inline: Option<&'s Model>,
+    hooks: &'s [HookName],
+    widths: Vec<usize>,
     pad: u32,
-    writer: &mut StoreWriter,
-) -> Result<()> {
+    jobs: Option<mpsc::SyncSender<(u64, Vec<Window>)>>,
+    results: Option<mpsc::Receiver<(u64, Result<Done>)>>,
+    max_in_flight: u64,
+    submitted: u64,
+    written: u64,
+    pending: BTreeMap<u64, Done>,
+}
+
+impl<'s> Batches<'s> {
+    fn start<'env>(
+        scope: &'s std::thread::Scope<'s, 'env>,
+        model: &'s Model,
+        hooks: &'s [HookName],
+        pad: u32,
+        workers: usize,
+    ) -> Batches<'s> {
+        let widths = hooks.iter().map(|&h| model.info.hook_width(h)).collect();
+        let mut batches = Batches {
+            inline: Some(model),
+            hooks,
+            widths,
+            pad,
+            jobs: None,
+            results: None,
+            max_in_flight: 2 * workers as u64,
+            submitted: 0,
+            written: 0,
+            pending: BTreeMap::new(),
+        };
+        if workers == 0 {
+            return batches;
+        }
+        let threads = (concord_models::tch::get_num_threads() / workers as i32).max(1);
+        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<Window>)>(workers);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        // Unbounded, so a worker never blocks on a caller that stopped early; `submit` bounds it.
+        let (done_tx, done_rx) = mpsc::channel();
+        for _ in 0..workers {
+            let replica = model.replica();
+            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                concord_models::tch::set_num_threads(threads);
+                loop {
+                    let job = job_rx
+                        .lock()
+                        .map_err(|_| ())
+                        .and_then(|rx| rx.recv().map_err(|_| ()));
+                    let Ok((index, batch)) = job else { break };
+                    let acts = forward(&replica, hooks, &batch, pad).map(|acts| (batch, acts));
+                    if done_tx.send((index, acts)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        batches.inline = None;
+        batches.jobs = Some(job_tx);
+        batches.results = Some(done_rx);
+        batches
+    }
+
+    /// Runs `batch` (now or on a worker) and writes every batch whose turn has come.
+    fn submit(&mut self, batch: Vec<Window>, writer: &mut StoreWriter) -> Result<()> {
+        if let Some(model) = self.inline {
+            let acts = forward(model, self.hooks, &batch, self.pad)?;
+            return write_batch(&batch, &acts, &self.widths, writer);
+        }
+        while self.submitted - self.written >= self.max_in_flight {
+            self.receive(writer)?;
+        }
+        let jobs = self
+            .jobs
+            .as_ref()
+            .context("harvest workers already finished")?;
+        if jobs.send((self.submitted, batch)).is_err() {
+            // Every worker is gone; its error, if any, is waiting in `results`.
+            self.receive(writer)?;
+            bail!("the harvest workers stopped");
+        }
+        self.submitted += 1;
+        Ok(())
+    }
+
+    /// Waits for one result and writes every batch now complete in order.
+    fn receive(&mut self, writer: &mut StoreWriter) -> Result<()> {
+        let results = self
+            .results
+            .as_ref()
+            .context("harvest workers already finished")?;
+        let (index, done) = results.recv().context("the harvest workers stopped")?;
+        self.pending.insert(index, done?);
+        while let Some((batch, acts)) = self.pending.remove(&self.written) {
+            write_batch(&batch, &acts, &self.widths, writer)?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// Waits for every batch submitted and writes it; the workers then stop.
+    fn finish(&mut self, writer: &mut StoreWriter) -> Result<()> {
+        self.jobs = None;
+        while self.written < self.submitted {
+            self.receive(writer)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one batch of windows; returns each hook's activations as `(batch * seq * d)` f32.
+fn forward(model: &Model, hooks: &[HookName], batch: &[Window], pad: u32) -> Result<Vec<Vec<f32>>> {
     let (ids, mask) = to_batch(batch, pad)?;
     let acts = model.run_with_cache(&ids, &mask, hooks)?;
-    let len = ids.size()[1] as usize;
-    let mut per_hook = Vec::with_capacity(hooks.len());
-    for hook in hooks {
-        let t = acts
-            .get(hook)
-            .with_context(|| format!("the model returned no {hook}"))?;
-        per_hook.push((to_f32_vec(t)?, model.info.hook_width(*hook)));
-    }
+    hooks
+        .iter()
+        .map(|hook| {
+            let t = acts
+                .get(hook)
+                .with_context(|| format!("the model returned no {hook}"))?;
+            to_f32_vec(t)
+        })
+        .collect()
+}
+
+/// Appends each window's rows of `acts` (from [`forward`], `widths` per hook) to every hook's
+/// dataset.
+fn write_batch(
+    batch: &[Window],
+    acts: &[Vec<f32>],
+    widths: &[usize],
+    writer: &mut StoreWriter,
+) -> Result<()> {
+    // The padded window length: every hook's vector holds `batch.len() * len` rows.
+    let len = match (acts.first(), widths.first()) {
+        (Some(xs), Some(&d)) if d > 0 && !batch.is_empty() => xs.len() / d / batch.len(),
+        _ => 0,
+    };
     for (i, w) in batch.iter().enumerate() {
         let rows: Vec<RowMeta> = w
             .rows
@@ -273,8 +448,9 @@ fn run_batch(
             })
             .collect();
         let n = rows.len();
-        let slices: Vec<&[f32]> = per_hook
+        let slices: Vec<&[f32]> = acts
             .iter()
+            .zip(widths)
             .map(|(xs, d)| &xs[i * len * d..(i * len + n) * d])
             .collect();
         writer.push_window(&rows, &slices)?;

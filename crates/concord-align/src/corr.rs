@@ -678,8 +678,9 @@ fn scan_row(
     scan_row_any(s, row, cols, rho, best)
 }
 
-/// [`scan_row`] compiled for AVX2 (four `f64` lanes instead of SSE2's two). The arithmetic
-/// is the same (no fused multiply-add), so results are identical.
+/// [`scan_row`] compiled for AVX2: the column update vectorises (four `f64` lanes, masked
+/// stores), which the x86-64 baseline build does not do. The arithmetic is the same (no
+/// fused multiply-add), so results are identical.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn scan_row_avx2(
@@ -692,6 +693,7 @@ fn scan_row_avx2(
     scan_row_any(s, row, cols, rho, best)
 }
 
+/// The body of [`scan_row`], inlined into each compiled variant.
 #[inline(always)]
 fn scan_row_any(
     s: &[f64],

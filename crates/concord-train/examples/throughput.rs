@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p concord-train --example throughput -- [arch] [d] [ratios] [batch]
 //! [steps] [threads] [saes] [sparse_max_density] [rows] [window]`, e.g. `relu-l1-faithful 576
-//! 4,8,32 2048 6 2 1 0.2`. `saes` SAEs of each shape train together; density 0 turns the
+//! 4,8,32 2048 6 2 1 0.15`. `saes` SAEs of each shape train together; density 0 turns the
 //! sparse kernels off.
 //!
 //! - Without `rows` (or with `-`): random normal rows, one JSON line per ratio with SAE-tokens

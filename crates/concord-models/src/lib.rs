@@ -23,8 +23,8 @@
 mod arch;
 pub mod config;
 mod error;
-mod kernels;
 pub mod gguf;
+mod kernels;
 mod model;
 pub mod pack;
 pub mod resolve;

@@ -427,12 +427,9 @@ mod tests {
                 }
             }
             // Every column dual is at its cap (0) or held by a tight edge of another row.
-            for j in 0..cols {
+            for (j, tight) in tight_elsewhere.iter().enumerate().take(cols) {
                 assert!(s.v[j] <= 1e-12 && s.v[j] >= before.v[j] - 1e-12);
-                assert!(
-                    s.v[j] > -1e-9 || tight_elsewhere[j],
-                    "column {j} could rise"
-                );
+                assert!(s.v[j] > -1e-9 || *tight, "column {j} could rise");
             }
         }
     }

@@ -10,25 +10,12 @@ pub struct Progress {
 
 impl Progress {
     pub fn tokens(total: Option<u64>, what: &str) -> Progress {
-        let bar = if !crate::show_progress() {
-            ProgressBar::hidden()
-        } else if let Some(t) = total {
-            ProgressBar::new(t)
-        } else {
-            ProgressBar::new_spinner()
-        };
-        let template = if total.is_some() {
-            "{prefix} [{bar:30}] {human_pos}/{human_len} tokens  {per_sec}  eta {eta}  {msg}"
-        } else {
-            "{prefix} {spinner} {human_pos} tokens  {per_sec}  {msg}"
-        };
-        bar.set_style(
-            ProgressStyle::with_template(template)
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(what.to_owned());
-        Progress { bar }
+        Progress::with(
+            total,
+            what,
+            "{prefix} [{bar:30}] {human_pos}/{human_len} tokens  {per_sec}  eta {eta}  {msg}",
+            "{prefix} {spinner} {human_pos} tokens  {per_sec}  {msg}",
+        )
     }
 
     /// A bar never drawn (small downloads).
@@ -40,6 +27,16 @@ impl Progress {
 
     /// A bar counting bytes (a download), with a rate and an ETA when the size is known.
     pub fn bytes(total: Option<u64>, what: &str) -> Progress {
+        Progress::with(
+            total,
+            what,
+            "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes}  {binary_bytes_per_sec}  eta {eta}",
+            "{prefix} {spinner} {binary_bytes}  {binary_bytes_per_sec}",
+        )
+    }
+
+    /// A bar with `known` as its template when the total is known, else a spinner with `open`.
+    fn with(total: Option<u64>, what: &str, known: &str, open: &str) -> Progress {
         let bar = if !crate::show_progress() {
             ProgressBar::hidden()
         } else if let Some(t) = total {
@@ -47,11 +44,7 @@ impl Progress {
         } else {
             ProgressBar::new_spinner()
         };
-        let template = if total.is_some() {
-            "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes}  {binary_bytes_per_sec}  eta {eta}"
-        } else {
-            "{prefix} {spinner} {binary_bytes}  {binary_bytes_per_sec}"
-        };
+        let template = if total.is_some() { known } else { open };
         bar.set_style(
             ProgressStyle::with_template(template)
                 .expect("a valid template")

@@ -171,16 +171,7 @@ pub(crate) fn pass(
             if cpu && (k as f64) < knobs.sparse_max_density * d_sae as f64 {
                 let codes =
                     Codes::from_topk(&to_i64(&idx)?, &to_f32(&vals)?, k as usize, d_sae as usize);
-                let aux = match aux {
-                    Some((av, ai, scale)) => {
-                        let ka = ai.size()[1] as usize;
-                        Some((
-                            Codes::from_topk(&to_i64(&ai)?, &to_f32(&av)?, ka, d_sae as usize),
-                            scale,
-                        ))
-                    }
-                    None => None,
-                };
+                let aux = aux.map(|a| sparse_aux(a, d_sae as usize)).transpose()?;
                 sparse_tail(
                     &codes,
                     None,
@@ -195,12 +186,7 @@ pub(crate) fn pass(
                 )?
             } else {
                 let cs = acts.f_zeros_like()?.f_scatter(1, &idx, &vals)?;
-                let aux = match aux {
-                    Some((av, ai, scale)) => {
-                        Some((acts.f_zeros_like()?.f_scatter(1, &ai, &av)?, scale))
-                    }
-                    None => None,
-                };
+                let aux = aux.map(|a| dense_aux(&acts, a)).transpose()?;
                 dense_tail(&cs, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
             }
         }
@@ -222,16 +208,7 @@ pub(crate) fn pass(
                     batch as usize,
                     d_sae as usize,
                 );
-                let aux = match aux {
-                    Some((av, ai, scale)) => {
-                        let ka = ai.size()[1] as usize;
-                        Some((
-                            Codes::from_topk(&to_i64(&ai)?, &to_f32(&av)?, ka, d_sae as usize),
-                            scale,
-                        ))
-                    }
-                    None => None,
-                };
+                let aux = aux.map(|a| sparse_aux(a, d_sae as usize)).transpose()?;
                 sparse_tail(
                     &codes,
                     None,
@@ -249,12 +226,7 @@ pub(crate) fn pass(
                     .f_zeros_like()?
                     .f_scatter(0, &idx, &vals)?
                     .f_view([batch, d_sae])?;
-                let aux = match aux {
-                    Some((av, ai, scale)) => {
-                        Some((acts.f_zeros_like()?.f_scatter(1, &ai, &av)?, scale))
-                    }
-                    None => None,
-                };
+                let aux = aux.map(|a| dense_aux(&acts, a)).transpose()?;
                 dense_tail(&cs, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
             }
         }
@@ -324,6 +296,18 @@ fn to_f32(t: &Tensor) -> Result<Vec<f32>> {
 /// AuxK's selection (Gao et al. 2024): the top `k_aux = min(d_in / 2, dead)` activations
 /// among dead features, `(batch, k_aux)` values and indices, with the loss scale
 /// `min(dead / (d_in / 2), 1)`. `None` when no feature is dead.
+/// The AuxK selection `(values, indices, scale)` as sparse codes.
+fn sparse_aux((av, ai, scale): (Tensor, Tensor, f64), d_sae: usize) -> Result<(Codes, f64)> {
+    let ka = ai.size()[1] as usize;
+    let codes = Codes::from_topk(&to_i64(&ai)?, &to_f32(&av)?, ka, d_sae);
+    Ok((codes, scale))
+}
+
+/// The AuxK selection `(values, indices, scale)` scattered into a dense `(batch, d_sae)`.
+fn dense_aux(acts: &Tensor, (av, ai, scale): (Tensor, Tensor, f64)) -> Result<(Tensor, f64)> {
+    Ok((acts.f_zeros_like()?.f_scatter(1, &ai, &av)?, scale))
+}
+
 fn aux_select(acts: &Tensor, dead: &Tensor, d_in: i64) -> Result<Option<(Tensor, Tensor, f64)>> {
     let num_dead = dead.f_sum(Kind::Int64)?.int64_value(&[]);
     if num_dead == 0 {

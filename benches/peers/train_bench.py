@@ -2,7 +2,10 @@
 
 A store of SmolLM2-135M's `blocks.6.hook_resid_post` (d = 576) is harvested once. For each case
 our rate is 2N / (t(3N) - t(N)) of the release `concord train` reading that store at its
-defaults (batch 2048, shuffled sequences, checkpoints every 25 steps), so start-up cancels; the
+defaults (batch 2048, shuffled sequences, checkpoints every 25 steps), so start-up cancels. N is
+32,768 tokens (16 steps) by default, so the difference covers steps 17-48: a ReLU SAE's codes are
+dense for its first ~20 steps and then settle (docs/TRAINING.md), and a rate taken over the first
+few steps would measure only that transient. The
 peer is `train_torch.py` (autograd, Adam, same math, same threads, batch 2048) run right after.
 
 Cases (seconds per 65,536 training tokens are recorded):
@@ -39,7 +42,7 @@ def run(cmd):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=int(os.environ.get("CONCORD_BENCH_TRAIN_TOKENS", 8192)))
+    ap.add_argument("--tokens", type=int, default=int(os.environ.get("CONCORD_BENCH_TRAIN_TOKENS", 32768)))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.tokens <= 0:

@@ -117,8 +117,8 @@ pub fn run(args: &Args) -> Result<()> {
     if let (Some(acts_a), Some(acts_b)) = (&args.acts_a, &args.acts_b) {
         freqs = Some(crate::correlate::run(
             &mut out,
-            &a,
-            &b,
+            (&a, &args.a),
+            (&b, &args.b),
             acts_a,
             acts_b,
             args.corpus.as_deref(),

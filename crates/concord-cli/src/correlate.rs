@@ -128,16 +128,16 @@ impl TopActs {
 /// activation frequencies on the paired tokens, `(n_a)` and `(n_b)`.
 pub fn run(
     out: &mut AlignOutput,
-    a: &Sae,
-    b: &Sae,
+    (a, a_dir): (&Sae, &Path),
+    (b, b_dir): (&Sae, &Path),
     acts_a: &Path,
     acts_b: &Path,
     corpus: Option<&Path>,
     matches: &[concord_align::Pair],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let (ds_a, ds_b) = (Dataset::open(acts_a)?, Dataset::open(acts_b)?);
-    check_widths(a, acts_a, &ds_a)?;
-    check_widths(b, acts_b, &ds_b)?;
+    check_widths(a, a_dir, &ds_a)?;
+    check_widths(b, b_dir, &ds_b)?;
     let (ra, rb) = (ds_a.rows().min(MAX_TOKENS), ds_b.rows().min(MAX_TOKENS * 2));
     let (meta_a, meta_b) = (ds_a.read_meta(0..ra)?, ds_b.read_meta(0..rb)?);
     let pairs = pair_rows(&ds_a, &ds_b, &meta_a, &meta_b)?;

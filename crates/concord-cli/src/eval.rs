@@ -111,10 +111,10 @@ pub fn run(args: &Args) -> Result<()> {
         frequency: report.frequency.iter().map(|&f| f as f32).collect(),
         ..EvalOutput::default()
     };
-    if let (Some(name), Some(corpus)) = (&args.model, &args.corpus) {
+    if let (Some(name), Some(corpus_path)) = (&args.model, &args.corpus) {
         let hook: HookName = sae.cfg.hook_name.parse()?;
         let lm = load_model(name, &args.device, "f32")?;
-        let corpus = crate::hub::open_corpus(corpus)?;
+        let corpus = crate::hub::open_corpus(corpus_path)?;
         let error = Rc::new(RefCell::new(None));
         let docs = documents(&corpus, args.skip_docs, Some(args.docs), error.clone())?;
         let m = ds.manifest();
@@ -129,9 +129,12 @@ pub fn run(args: &Args) -> Result<()> {
         }
         if windows.is_empty() {
             bail!(
-                "no text for loss recovered: {} documents after skipping {}",
-                args.docs,
-                args.skip_docs
+                "{}: no text for loss recovered: documents {}..{} are missing or hold less than \
+                 one window of the store's {} tokens",
+                corpus_path.display(),
+                args.skip_docs,
+                args.skip_docs + args.docs,
+                m.context_len
             );
         }
         let pad = lm.info.pad.or(lm.info.eos).unwrap_or(0);

@@ -143,6 +143,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let model = load_model(&args.model, &args.device, &args.compute_dtype)?;
     model.check_hooks(&hooks)?;
+    model.check_context_len(args.context_len)?;
     let corpus = crate::hub::open_corpus(&args.corpus)?;
     let corpus_sha256 = corpus.sha256()?;
     let packing = if args.no_pack {
@@ -184,6 +185,28 @@ pub fn run(args: &Args) -> Result<()> {
             }
         })
         .collect();
+    // The first window is made before anything is written, so that a corpus with no text
+    // for one window fails without leaving an empty store behind.
+    let error = Rc::new(RefCell::new(None));
+    let docs = documents(&corpus, args.skip_docs, args.docs, error.clone())?;
+    let pad = model.info.pad.or(model.info.eos).unwrap_or(0);
+    let opts = PackOptions {
+        context_len: args.context_len,
+        packing,
+    };
+    let mut windows = pack(&model.tokenizer, model.info.is_causal, docs, opts)?.peekable();
+    if windows.peek().is_none() {
+        if let Some(e) = error.borrow_mut().take() {
+            return Err(e.into());
+        }
+        bail!(
+            "{}: no text to harvest: the corpus is empty, --skip-docs is past its end, or its \
+             text is shorter than one packed window of {} tokens (use a smaller --context-len \
+             or --no-pack)",
+            args.corpus.display(),
+            args.context_len
+        );
+    }
     let mut writer = StoreWriter::open(&args.out, specs)?;
     if writer.is_complete() {
         tracing::info!("{} is already complete", args.out.display());
@@ -193,14 +216,6 @@ pub fn run(args: &Args) -> Result<()> {
     if resume_at > 0 {
         tracing::info!("resuming {} at window {resume_at}", args.out.display());
     }
-    let error = Rc::new(RefCell::new(None));
-    let docs = documents(&corpus, args.skip_docs, args.docs, error.clone())?;
-    let pad = model.info.pad.or(model.info.eos).unwrap_or(0);
-    let opts = PackOptions {
-        context_len: args.context_len,
-        packing,
-    };
-    let mut windows = pack(&model.tokenizer, model.info.is_causal, docs, opts)?;
     let bar = Progress::tokens(args.tokens, "harvest");
     let start = Instant::now();
     let workers = match args.workers {
@@ -242,12 +257,6 @@ pub fn run(args: &Args) -> Result<()> {
     })?;
     if let Some(e) = error.borrow_mut().take() {
         return Err(e.into());
-    }
-    if tokens == 0 {
-        bail!(
-            "{}: no text to harvest (empty corpus, or --skip-docs past its end)",
-            args.corpus.display()
-        );
     }
     if ended && args.tokens.is_some_and(|t| tokens < t) {
         tracing::warn!(

@@ -230,6 +230,12 @@ pub fn run(args: &Args) -> Result<()> {
             .map(|h| format!(", {h} half"))
             .unwrap_or_default()
     );
+    if tokens > rows {
+        tracing::info!(
+            "{tokens} tokens are {:.1} passes over the {rows} rows read: rows are seen again",
+            tokens as f64 / rows.max(1) as f64
+        );
+    }
     let cfg = ReadConfig {
         batch_rows: args.batch,
         order,

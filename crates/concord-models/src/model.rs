@@ -264,6 +264,25 @@ impl Model {
         Ok(())
     }
 
+    /// Checks that windows of `context_len` tokens fit the model: BERT's positions are learned
+    /// embeddings, so it cannot read past its last one (rotary models can, if unreliably).
+    pub fn check_context_len(&self, context_len: usize) -> Result<()> {
+        if context_len == 0 {
+            return Err(Error::InvalidInput {
+                reason: "the context length must be positive".into(),
+            });
+        }
+        if self.cfg.arch == Architecture::Bert && context_len > self.info.max_positions {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "a context length of {context_len} exceeds the model's {} positions",
+                    self.info.max_positions
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Moves and checks inputs; returns `(ids, mask)` on the model's device.
     fn inputs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
         let bad = |reason: String| Error::InvalidInput { reason };

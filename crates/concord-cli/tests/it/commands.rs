@@ -36,80 +36,76 @@ fn harvest_rejects_bad_input_clearly() {
     let out = dir.path().join("store");
     let (out, corpus) = (out.to_str().unwrap(), corpus());
     let corpus = corpus.to_str().unwrap();
-    check_error(
-        &[
-            "harvest",
-            "--model",
-            "minilm-l6",
-            "--hooks",
-            "blocks.1.hook_mlp",
-            "--corpus",
-            corpus,
-            "--out",
-            out,
-        ],
+    let harvest = |model: &str, hooks: &str, corpus: &str, extra: &[&str], expected: &str| {
+        let mut args = vec![
+            "harvest", "--model", model, "--hooks", hooks, "--corpus", corpus, "--out", out,
+        ];
+        args.extend_from_slice(extra);
+        check_error(&args, expected);
+    };
+    harvest(
+        "minilm-l6",
+        "blocks.1.hook_mlp",
+        corpus,
+        &[],
         "blocks.1.hook_mlp",
     );
-    check_error(
-        &[
-            "harvest",
-            "--model",
-            "minilm-l6",
-            "--hooks",
-            "blocks.9.hook_mlp_out",
-            "--corpus",
-            corpus,
-            "--out",
-            out,
-        ],
-        "9",
-    );
-    check_error(
-        &[
-            "harvest",
-            "--model",
-            "no-such-model",
-            "--hooks",
-            "blocks.1.hook_mlp_out",
-            "--corpus",
-            corpus,
-            "--out",
-            out,
-        ],
+    harvest("minilm-l6", "blocks.9.hook_mlp_out", corpus, &[], "9");
+    harvest(
+        "no-such-model",
+        "blocks.1.hook_mlp_out",
+        corpus,
+        &[],
         "no-such-model",
     );
-    let empty = dir.path().join("empty.txt");
-    std::fs::write(&empty, "").unwrap();
-    check_error(
-        &[
-            "harvest",
-            "--model",
-            "minilm-l6",
-            "--hooks",
-            "blocks.1.hook_mlp_out",
-            "--corpus",
-            empty.to_str().unwrap(),
-            "--out",
-            out,
-        ],
+    // BERT's positions are learned: 512 of them.
+    let long = ["--context-len", "4096"];
+    harvest(
+        "minilm-l6",
+        "blocks.1.hook_mlp_out",
+        corpus,
+        &long,
+        "512 positions",
+    );
+    let file = |name: &str, text: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let empty = file("empty.txt", b"");
+    harvest(
+        "minilm-l6",
+        "blocks.1.hook_mlp_out",
+        &empty,
+        &[],
         "empty.txt",
     );
-    let bad = dir.path().join("bad.txt");
-    std::fs::write(&bad, b"caf\xe9\n").unwrap();
-    check_error(
-        &[
-            "harvest",
-            "--model",
-            "minilm-l6",
-            "--hooks",
-            "blocks.1.hook_mlp_out",
-            "--corpus",
-            bad.to_str().unwrap(),
-            "--out",
-            out,
-        ],
-        "bad.txt",
+    let bad = file("bad.txt", b"caf\xe9\n");
+    harvest("minilm-l6", "blocks.1.hook_mlp_out", &bad, &[], "bad.txt");
+    // Less text than one packed window: said so, and no store is started.
+    let short = file("short.txt", b"Hello world.\n\nA second document.\n");
+    harvest(
+        "minilm-l6",
+        "blocks.1.hook_mlp_out",
+        &short,
+        &[],
+        "shorter than one packed window",
     );
+    assert!(!Path::new(out).exists(), "a store was started for no text");
+    // An error's cause is printed once.
+    let (ok, err) = concord(&[
+        "harvest",
+        "--model",
+        "minilm-l6",
+        "--hooks",
+        "blocks.1.hook_mlp_out",
+        "--corpus",
+        "no-such-corpus.txt",
+        "--out",
+        out,
+    ]);
+    assert!(!ok);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     // Nothing complete was left behind.
     for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
         if entry.path().is_dir() {

@@ -162,70 +162,43 @@ pub(crate) fn pass(
             }
             None => dense_tail(&acts, None, None, xs, &xc, &w_dec, b_dec, l1, hyper, p)?,
         },
-        Arch::TopK => {
-            let (vals, idx) = acts.f_topk(k, 1, true, false)?;
-            let aux = match aux_dead {
-                Some(dead) => aux_select(&acts, dead, xs.size()[1])?,
-                None => None,
-            };
-            if cpu && (k as f64) < knobs.sparse_max_density * d_sae as f64 {
-                let codes =
-                    Codes::from_topk(&to_i64(&idx)?, &to_f32(&vals)?, k as usize, d_sae as usize);
-                let aux = aux.map(|a| sparse_aux(a, d_sae as usize)).transpose()?;
-                sparse_tail(
-                    &codes,
-                    None,
-                    aux.as_ref(),
-                    xs,
-                    &xc,
-                    &w_dec,
-                    b_dec,
-                    l1,
-                    hyper,
-                    p,
-                )?
-            } else {
-                let cs = acts.f_zeros_like()?.f_scatter(1, &idx, &vals)?;
-                let aux = aux.map(|a| dense_aux(&acts, a)).transpose()?;
-                dense_tail(&cs, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
-            }
-        }
-        Arch::BatchTopK => {
+        Arch::TopK | Arch::BatchTopK => {
+            // TopK keeps `k` per row; BatchTopK keeps `k * batch` over the whole batch.
+            let batchwise = arch == Arch::BatchTopK;
             let flat = acts.f_view([-1])?;
-            let (vals, idx) = flat.f_topk(k * batch, 0, true, false)?;
-            // The smallest kept positive activation: zeros kept when too few are positive
-            // must not drag the threshold to zero.
-            let pos = vals.f_where_scalarother(&vals.f_gt(0.0)?, f64::INFINITY)?;
-            min_kept = Some(pos.f_min()?);
+            let (vals, idx) = if batchwise {
+                flat.f_topk(k * batch, 0, true, false)?
+            } else {
+                acts.f_topk(k, 1, true, false)?
+            };
+            if batchwise {
+                // The smallest kept positive activation: zeros kept when too few are positive
+                // must not drag the threshold to zero.
+                let pos = vals.f_where_scalarother(&vals.f_gt(0.0)?, f64::INFINITY)?;
+                min_kept = Some(pos.f_min()?);
+            }
             let aux = match aux_dead {
                 Some(dead) => aux_select(&acts, dead, xs.size()[1])?,
                 None => None,
             };
             if cpu && (k as f64) < knobs.sparse_max_density * d_sae as f64 {
-                let codes = Codes::from_flat(
-                    &to_i64(&idx)?,
-                    &to_f32(&vals)?,
-                    batch as usize,
-                    d_sae as usize,
-                );
-                let aux = aux.map(|a| sparse_aux(a, d_sae as usize)).transpose()?;
-                sparse_tail(
-                    &codes,
-                    None,
-                    aux.as_ref(),
-                    xs,
-                    &xc,
-                    &w_dec,
-                    b_dec,
-                    l1,
-                    hyper,
-                    p,
-                )?
+                let (idx, vals, n) = (to_i64(&idx)?, to_f32(&vals)?, d_sae as usize);
+                let codes = if batchwise {
+                    Codes::from_flat(&idx, &vals, batch as usize, n)
+                } else {
+                    Codes::from_topk(&idx, &vals, k as usize, n)
+                };
+                let aux = aux.map(|a| sparse_aux(a, n)).transpose()?;
+                let aux = aux.as_ref();
+                sparse_tail(&codes, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
             } else {
-                let cs = flat
-                    .f_zeros_like()?
-                    .f_scatter(0, &idx, &vals)?
-                    .f_view([batch, d_sae])?;
+                let cs = if batchwise {
+                    flat.f_zeros_like()?
+                        .f_scatter(0, &idx, &vals)?
+                        .f_view([batch, d_sae])?
+                } else {
+                    acts.f_zeros_like()?.f_scatter(1, &idx, &vals)?
+                };
                 let aux = aux.map(|a| dense_aux(&acts, a)).transpose()?;
                 dense_tail(&cs, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
             }

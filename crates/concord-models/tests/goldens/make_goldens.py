@@ -2,14 +2,20 @@
 
 Run from anywhere with the project's Python (it has torch, transformers, gguf, tokenizers):
 
-    .venv/bin/python crates/concord-models/tests/goldens/make_goldens.py
+    .venv/bin/python crates/concord-models/tests/goldens/make_goldens.py [GROUP ...]
+
+GROUP is one of neox, gpt2, minilm, smollm2 (default: all of them, in that order); gpt2 reuses
+the tokenizer in `tiny-neox/`, so make neox first on a fresh checkout.
 
 It writes, next to itself:
 - `tiny-neox/` and `tiny-neox-seq/`: two tiny random GPT-NeoX checkpoints (Hugging Face layout,
   `rotary_pct = 0.5`; the first with the parallel residual, the second without) sharing one small
   byte-level BPE tokenizer trained here on a few lines of text. Seeded, so reruns give the same files.
+- `tiny-gpt2/`: a tiny random GPT-2 checkpoint (`GPT2LMHeadModel`, so the weights carry the
+  `transformer.` prefix; Conv1D weights stored `[in, out]`; `n_inner` set to 2 * n_embd, `gelu_new`,
+  `lm_head` tied to `wte`) with the tiny-neox tokenizer copied in. Seeded too.
 - `<model>.safetensors` for `smollm2-135m` (from the GGUF, through transformers' GGUF loading),
-  `minilm-l6`, `tiny-neox` and `tiny-neox-seq`: for the batch of TEXTS tokenized together with
+  `minilm-l6`, `tiny-neox`, `tiny-neox-seq` and `tiny-gpt2`: for the batch of TEXTS tokenized together with
   right padding, `input_ids (batch, seq)`, `attention_mask (batch, seq)`, `offsets (batch, seq, 2)`
   as UTF-8 byte offsets, and for every hook kind at a few layers the first COLS channels of the
   activation, `(batch, seq, min(d, COLS))`, in float32. Causal models also get `loss (batch, seq - 1)`,
@@ -111,6 +117,47 @@ def make_tiny_neox():
     return dirs
 
 
+def make_tiny_gpt2():
+    """A tiny random GPT-2 sharing tiny-neox's tokenizer (copied, so each folder stands alone)."""
+    import shutil
+
+    from tokenizers import Tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    src, d = HERE / "tiny-neox", HERE / "tiny-gpt2"
+    d.mkdir(exist_ok=True)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(src / f, d / f)
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    eos, pad = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|padding|>")
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=tok.get_vocab_size(),
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        n_positions=128,
+        # Not the default 4 * n_embd, so a loader that ignores `n_inner` fails on shapes.
+        n_inner=64,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        initializer_range=0.2,
+    )
+    model = GPT2LMHeadModel(cfg).eval()
+    # Non-trivial LayerNorm parameters and biases so a wrong formula cannot hide.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+    model.save_pretrained(str(d), safe_serialization=True)
+    return d
+
+
 def hook_modules(model, arch, layer):
     """`kind -> (module, 'in' | 'out')`: where each hook kind is read in transformers' modules."""
     if arch == "llama":
@@ -128,6 +175,15 @@ def hook_modules(model, arch, layer):
             "hook_resid_pre": (block, "in"),
             "hook_attn_out": (block.attention.dense, "out"),
             "mlp.hook_post": (block.mlp.dense_4h_to_h, "in"),
+            "hook_mlp_out": (block.mlp, "out"),
+            "hook_resid_post": (block, "out"),
+        }
+    if arch == "gpt2":
+        block = model.transformer.h[layer]
+        return {
+            "hook_resid_pre": (block, "in"),
+            "hook_attn_out": (block.attn.c_proj, "out"),
+            "mlp.hook_post": (block.mlp.c_proj, "in"),
             "hook_mlp_out": (block.mlp, "out"),
             "hook_resid_post": (block, "out"),
         }
@@ -212,26 +268,41 @@ def golden(name, arch, tokenizer, model, layers, causal):
     print(name, {k: tuple(v.shape) for k, v in tensors.items() if not k.startswith("blocks")}, file=sys.stderr)
 
 
-def main():
+def main(groups):
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(2)
-    for d, in zip(make_tiny_neox()):
+    if "neox" in groups:
+        for d in make_tiny_neox():
+            tok = AutoTokenizer.from_pretrained(str(d))
+            model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+            golden(d.name, "neox", tok, model, [0, 1], causal=True)
+
+    if "gpt2" in groups:
+        d = make_tiny_gpt2()
         tok = AutoTokenizer.from_pretrained(str(d))
         model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
-        golden(d.name, "neox", tok, model, [0, 1], causal=True)
+        golden(d.name, "gpt2", tok, model, [0, 1, 2], causal=True)
 
-    folder = MODELS / "minilm-l6"
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
-    golden("minilm-l6", "bert", tok, model, [0, 5], causal=False)
+    if "minilm" in groups:
+        folder = MODELS / "minilm-l6"
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+        golden("minilm-l6", "bert", tok, model, [0, 5], causal=False)
 
-    folder, gguf = MODELS / "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf, dtype=torch.float32)
-    golden("smollm2-135m", "llama", tok, model, [0, 6, 29], causal=True)
+    if "smollm2" in groups:
+        folder, gguf = MODELS / "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf, dtype=torch.float32)
+        golden("smollm2-135m", "llama", tok, model, [0, 6, 29], causal=True)
+
+
+GROUPS = ["neox", "gpt2", "minilm", "smollm2"]
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    unknown = [g for g in sys.argv[1:] if g not in GROUPS]
+    if unknown:
+        sys.exit(f"unknown group(s) {unknown}; expected some of {GROUPS}")
+    main(sys.argv[1:] or GROUPS)

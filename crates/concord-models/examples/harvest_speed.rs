@@ -26,7 +26,9 @@ fn block_products(model: &Model) -> Vec<(i64, i64)> {
             let kv = (c.n_kv_heads * c.head_dim()) as i64;
             vec![(d, d + 2 * kv), (d, d), (d, 2 * m), (m, d)]
         }
-        Architecture::GptNeox | Architecture::Bert => vec![(d, 3 * d), (d, d), (d, m), (m, d)],
+        Architecture::GptNeox | Architecture::Bert | Architecture::Gpt2 => {
+            vec![(d, 3 * d), (d, d), (d, m), (m, d)]
+        }
     }
 }
 

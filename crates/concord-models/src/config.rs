@@ -13,6 +13,7 @@ pub enum Architecture {
     Llama,
     GptNeox,
     Bert,
+    Gpt2,
 }
 
 impl Architecture {
@@ -21,12 +22,19 @@ impl Architecture {
             Architecture::Llama => "llama",
             Architecture::GptNeox => "gpt_neox",
             Architecture::Bert => "bert",
+            Architecture::Gpt2 => "gpt2",
         }
     }
 
     /// Causal language models predict the next token; BERT is an encoder.
     pub fn is_causal(self) -> bool {
         !matches!(self, Architecture::Bert)
+    }
+
+    /// Positions are learned embeddings (BERT, GPT-2): the model has none past
+    /// `max_positions`, where rotary models can go on (if unreliably).
+    pub fn has_learned_positions(self) -> bool {
+        matches!(self, Architecture::Bert | Architecture::Gpt2)
     }
 }
 
@@ -48,7 +56,8 @@ pub struct ModelConfig {
     /// GPT-NeoX: attention and MLP read the same residual (`use_parallel_residual`).
     pub parallel_residual: bool,
     pub tie_embeddings: bool,
-    /// `gelu` (exact, erf) or `gelu_new`/`gelu_pytorch_tanh` (tanh approximation); Llama uses SiLU.
+    /// `gelu` (exact, erf) or `gelu_new`/`gelu_pytorch_tanh`/`gelu_fast` (tanh approximation);
+    /// Llama uses SiLU.
     pub gelu_tanh: bool,
     pub type_vocab: usize,
 }
@@ -58,7 +67,10 @@ impl ModelConfig {
         self.d_model / self.n_heads
     }
 
-    /// Reads a Hugging Face `config.json`.
+    /// Reads a Hugging Face `config.json`. GPT-2's spells the shape keys its own way (`n_embd`,
+    /// `n_head`, `n_layer`, `n_positions`, `n_inner`, `activation_function`,
+    /// `layer_norm_epsilon`); a GPT-2 option that changes the forward and that this crate does
+    /// not implement is an error, not a silent difference.
     pub fn from_hf_json(path: &Path) -> Result<ModelConfig> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let j: Json = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
@@ -83,6 +95,7 @@ impl ModelConfig {
             "llama" | "mistral" => Architecture::Llama,
             "gpt_neox" => Architecture::GptNeox,
             "bert" => Architecture::Bert,
+            "gpt2" => Architecture::Gpt2,
             other => {
                 return Err(Error::UnsupportedArchitecture {
                     path: path.to_owned(),
@@ -92,25 +105,43 @@ impl ModelConfig {
         };
         let rope = j.get("rope_parameters").or_else(|| j.get("rope_scaling"));
         let rope_get = |key: &str| rope.and_then(|r| r.get(key)).and_then(Json::as_f64);
-        let n_heads = usize_of("num_attention_heads")?;
-        let d_model = usize_of("hidden_size")?;
+        let gpt2 = arch == Architecture::Gpt2;
+        let key = |hf: &'static str, gpt2_key: &'static str| if gpt2 { gpt2_key } else { hf };
+        let n_heads_key = key("num_attention_heads", "n_head");
+        let n_heads = usize_of(n_heads_key)?;
+        let d_model = usize_of(key("hidden_size", "n_embd"))?;
         if n_heads == 0 || !d_model.is_multiple_of(n_heads) {
-            return Err(missing("num_attention_heads"));
+            return Err(missing(n_heads_key));
         }
-        let act = j.get("hidden_act").and_then(Json::as_str).unwrap_or("gelu");
+        let (d_mlp, max_positions, gelu_tanh) = if gpt2 {
+            check_gpt2_attention(path, &j)?;
+            let d_mlp = match j.get("n_inner") {
+                None | Some(Json::Null) => 4 * d_model,
+                Some(_) => usize_of("n_inner")?,
+            };
+            (d_mlp, usize_of("n_positions")?, gpt2_gelu_tanh(path, &j)?)
+        } else {
+            let act = j.get("hidden_act").and_then(Json::as_str).unwrap_or("gelu");
+            (
+                usize_of("intermediate_size")?,
+                usize_of("max_position_embeddings").unwrap_or(2048),
+                matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast"),
+            )
+        };
         let cfg = ModelConfig {
             arch,
-            n_layers: usize_of("num_hidden_layers")?,
+            n_layers: usize_of(key("num_hidden_layers", "n_layer"))?,
             d_model,
-            d_mlp: usize_of("intermediate_size")?,
+            d_mlp,
             n_heads,
             n_kv_heads: usize_of("num_key_value_heads").unwrap_or(n_heads),
             vocab: usize_of("vocab_size")?,
-            max_positions: usize_of("max_position_embeddings").unwrap_or(2048),
+            max_positions,
             norm_eps: match arch {
                 Architecture::Llama => f64_or("rms_norm_eps", 1e-6),
                 Architecture::GptNeox => f64_or("layer_norm_eps", 1e-5),
                 Architecture::Bert => f64_or("layer_norm_eps", 1e-12),
+                Architecture::Gpt2 => f64_or("layer_norm_epsilon", 1e-5),
             },
             rope_theta: rope_get("rope_theta")
                 .or_else(|| j.get("rope_theta").and_then(Json::as_f64))
@@ -126,7 +157,7 @@ impl ModelConfig {
                 }),
             parallel_residual: bool_or("use_parallel_residual", true),
             tie_embeddings: bool_or("tie_word_embeddings", arch != Architecture::GptNeox),
-            gelu_tanh: matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast"),
+            gelu_tanh,
             type_vocab: usize_of("type_vocab_size").unwrap_or(2),
         };
         Ok(cfg)
@@ -183,5 +214,117 @@ impl ModelConfig {
             gelu_tanh: false,
             type_vocab: 0,
         })
+    }
+}
+
+/// GPT-2's `activation_function` (absent: transformers' default `gelu_new`): whether it is the
+/// tanh approximation. `gelu_new`, `gelu_pytorch_tanh` and `gelu_fast` are the same formula;
+/// `gelu` is the exact one; anything else is refused.
+fn gpt2_gelu_tanh(path: &Path, j: &Json) -> Result<bool> {
+    let Some(act) = j.get("activation_function") else {
+        return Ok(true);
+    };
+    match act.as_str() {
+        Some("gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") => Ok(true),
+        Some("gelu") => Ok(false),
+        _ => Err(Error::UnsupportedConfig {
+            path: path.to_owned(),
+            key: "activation_function".into(),
+            value: act.to_string(),
+            supported: "\"gelu_new\", \"gelu_pytorch_tanh\", \"gelu_fast\" or \"gelu\"".into(),
+        }),
+    }
+}
+
+/// Refuses the GPT-2 attention variants this crate does not run: attention is always scaled by
+/// `1 / sqrt(head_dim)` (`scale_attn_weights`), never also by the inverse layer index, and
+/// computed by the fused kernel (no `reorder_and_upcast_attn`).
+fn check_gpt2_attention(path: &Path, j: &Json) -> Result<()> {
+    for (key, supported) in [
+        ("scale_attn_weights", true),
+        ("scale_attn_by_inverse_layer_idx", false),
+        ("reorder_and_upcast_attn", false),
+    ] {
+        let value = j.get(key).and_then(Json::as_bool).unwrap_or(supported);
+        if value != supported {
+            return Err(Error::UnsupportedConfig {
+                path: path.to_owned(),
+                key: key.into(),
+                value: value.to_string(),
+                supported: supported.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny GPT-2 golden's config with `edit` applied, read back.
+    fn gpt2_config(edit: impl FnOnce(&mut serde_json::Map<String, Json>)) -> Result<ModelConfig> {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/tiny-gpt2");
+        let bytes = std::fs::read(golden.join("config.json")).unwrap();
+        let mut j: Json = serde_json::from_slice(&bytes).unwrap();
+        edit(j.as_object_mut().unwrap());
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+        ModelConfig::from_hf_json(&path)
+    }
+
+    #[test]
+    fn reads_gpt2_keys() {
+        let cfg = gpt2_config(|_| {}).unwrap();
+        assert_eq!(cfg.arch, Architecture::Gpt2);
+        assert_eq!(
+            (
+                cfg.n_layers,
+                cfg.d_model,
+                cfg.d_mlp,
+                cfg.n_heads,
+                cfg.n_kv_heads
+            ),
+            (3, 32, 64, 4, 4)
+        );
+        assert_eq!((cfg.vocab, cfg.max_positions), (384, 128));
+        assert_eq!(cfg.norm_eps, 1e-5);
+        assert!(cfg.gelu_tanh && cfg.tie_embeddings);
+        // `n_inner: null` (transformers' default) means 4 * n_embd.
+        let cfg = gpt2_config(|j| {
+            j.insert("n_inner".into(), Json::Null);
+        })
+        .unwrap();
+        assert_eq!(cfg.d_mlp, 128);
+        let cfg = gpt2_config(|j| {
+            j.insert("activation_function".into(), "gelu".into());
+        })
+        .unwrap();
+        assert!(!cfg.gelu_tanh);
+    }
+
+    #[test]
+    fn refuses_gpt2_options_it_does_not_run() {
+        let check = |key: &str, value: Json| {
+            let err = gpt2_config(|j| {
+                j.insert(key.into(), value.clone());
+            })
+            .unwrap_err();
+            assert!(
+                matches!(&err, Error::UnsupportedConfig { key: k, .. } if k == key),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains("config.json") && msg.contains(key) && msg.contains("not supported"),
+                "{msg}"
+            );
+        };
+        check("activation_function", "relu".into());
+        check("activation_function", Json::Null);
+        check("scale_attn_weights", false.into());
+        check("scale_attn_by_inverse_layer_idx", true.into());
+        check("reorder_and_upcast_attn", true.into());
     }
 }

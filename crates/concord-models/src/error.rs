@@ -36,8 +36,15 @@ pub enum Error {
     },
     #[error("{path}: missing or invalid config value {key:?}")]
     Config { path: PathBuf, key: String },
-    #[error("{path}: unsupported architecture {arch:?} (supported: llama, gpt_neox, bert)")]
+    #[error("{path}: unsupported architecture {arch:?} (supported: llama, gpt_neox, bert, gpt2)")]
     UnsupportedArchitecture { path: PathBuf, arch: String },
+    #[error("{path}: config value {key:?} = {value} is not supported (supported: {supported})")]
+    UnsupportedConfig {
+        path: PathBuf,
+        key: String,
+        value: String,
+        supported: String,
+    },
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("model {name:?} not found: {reason}")]

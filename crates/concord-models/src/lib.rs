@@ -1,4 +1,4 @@
-//! Language models through libtorch with explicit hook points: GPT-NeoX, Llama, BERT.
+//! Language models through libtorch with explicit hook points: GPT-NeoX, Llama, BERT, GPT-2.
 //!
 //! Load a model by name ([`resolve`] then [`Model::load`]), tokenize and pack text into
 //! context windows ([`pack`]), and run it: [`Model::run_with_cache`] returns the activations of

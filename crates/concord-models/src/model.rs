@@ -9,6 +9,7 @@ use concord_core::{HookKind, HookName};
 use tch::{Device, Kind, Tensor};
 
 use crate::arch::bert::Bert;
+use crate::arch::gpt2::Gpt2;
 use crate::arch::llama::Llama;
 use crate::arch::neox::Neox;
 use crate::arch::{AttnCtx, HookCtx, Replacement};
@@ -142,6 +143,7 @@ enum Net {
     Llama(Llama),
     Neox(Neox),
     Bert(Bert),
+    Gpt2(Gpt2),
 }
 
 /// A model ready to run, with its tokenizer.
@@ -189,6 +191,7 @@ impl Model {
             Architecture::Llama => Net::Llama(Llama::load(&cfg, &mut weights, kind, device)?),
             Architecture::GptNeox => Net::Neox(Neox::load(&cfg, &mut weights, kind, device)?),
             Architecture::Bert => Net::Bert(Bert::load(&cfg, &mut weights, kind, device)?),
+            Architecture::Gpt2 => Net::Gpt2(Gpt2::load(&cfg, &mut weights, kind, device)?),
         };
         let sp = tokenizer.special;
         let info = ModelInfo {
@@ -228,6 +231,7 @@ impl Model {
                 Net::Llama(m) => Net::Llama(m.replica()),
                 Net::Neox(m) => Net::Neox(m.replica()),
                 Net::Bert(m) => Net::Bert(m.replica()),
+                Net::Gpt2(m) => Net::Gpt2(m.replica()),
             },
             device: self.device,
             kind: self.kind,
@@ -264,15 +268,16 @@ impl Model {
         Ok(())
     }
 
-    /// Checks that windows of `context_len` tokens fit the model: BERT's positions are learned
-    /// embeddings, so it cannot read past its last one (rotary models can, if unreliably).
+    /// Checks that windows of `context_len` tokens fit the model: BERT's and GPT-2's positions
+    /// are learned embeddings, so they cannot read past their last one (rotary models can, if
+    /// unreliably).
     pub fn check_context_len(&self, context_len: usize) -> Result<()> {
         if context_len == 0 {
             return Err(Error::InvalidInput {
                 reason: "the context length must be positive".into(),
             });
         }
-        if self.cfg.arch == Architecture::Bert && context_len > self.info.max_positions {
+        if self.cfg.arch.has_learned_positions() && context_len > self.info.max_positions {
             return Err(Error::InvalidInput {
                 reason: format!(
                     "a context length of {context_len} exceeds the model's {} positions",
@@ -306,7 +311,7 @@ impl Model {
                 self.info.vocab
             )));
         }
-        if self.cfg.arch == Architecture::Bert && size[1] > self.info.max_positions as i64 {
+        if self.cfg.arch.has_learned_positions() && size[1] > self.info.max_positions as i64 {
             return Err(bad(format!(
                 "sequence length {} exceeds the model's {} positions",
                 size[1], self.info.max_positions
@@ -351,6 +356,7 @@ impl Model {
                 m.embed(ids)?
             }
             Net::Bert(m) => m.embed(ids)?,
+            Net::Gpt2(m) => m.embed(ids)?,
         };
         for l in 0..n_blocks {
             xs = hooks.point(l, HookKind::ResidPre, xs)?;
@@ -358,6 +364,7 @@ impl Model {
                 Net::Llama(m) => m.block(l, &xs, &attn, hooks)?,
                 Net::Neox(m) => m.block(l, &xs, &attn, hooks)?,
                 Net::Bert(m) => m.block(l, &xs, &attn, hooks)?,
+                Net::Gpt2(m) => m.block(l, &xs, &attn, hooks)?,
             };
             xs = hooks.point(l, HookKind::ResidPost, xs)?;
         }
@@ -444,6 +451,7 @@ impl Model {
         let logits = match &self.net {
             Net::Llama(m) => m.logits(&xs)?,
             Net::Neox(m) => m.logits(&xs)?,
+            Net::Gpt2(m) => m.logits(&xs)?,
             Net::Bert(_) => {
                 return Err(Error::NotCausal {
                     arch: self.info.arch.name(),

@@ -1,7 +1,8 @@
-//! The three architectures and the pieces they share: the hook context every block reports its
+//! The four architectures and the pieces they share: the hook context every block reports its
 //! intermediates to, rotary embeddings, attention masks and fused attention.
 
 pub(crate) mod bert;
+pub(crate) mod gpt2;
 pub(crate) mod llama;
 pub(crate) mod neox;
 

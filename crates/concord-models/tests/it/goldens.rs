@@ -172,6 +172,11 @@ fn tiny_neox_tokens_match_transformers() {
 }
 
 #[test]
+fn tiny_gpt2_tokens_match_transformers() {
+    check_tokens("tiny-gpt2");
+}
+
+#[test]
 fn smollm2_hooks_match_transformers() {
     check_activations("smollm2-135m");
 }
@@ -189,4 +194,9 @@ fn tiny_neox_parallel_residual_hooks_match_transformers() {
 #[test]
 fn tiny_neox_sequential_residual_hooks_match_transformers() {
     check_activations("tiny-neox-seq");
+}
+
+#[test]
+fn tiny_gpt2_hooks_match_transformers() {
+    check_activations("tiny-gpt2");
 }

@@ -69,7 +69,13 @@ fn out_of_range_and_empty_hooks_are_errors() {
 
 #[test]
 fn identity_splice_equals_the_clean_forward_and_zero_ablation_raises_loss() {
-    let m = model("tiny-neox");
+    for name in ["tiny-neox", "tiny-gpt2"] {
+        check_splices(name);
+    }
+}
+
+fn check_splices(name: &str) {
+    let m = model(name);
     let (ids, mask) = batch(&m);
     let clean = m.forward_logits(&ids, &mask).unwrap();
     let hook = HookName::new(1, HookKind::MlpOut);
@@ -100,13 +106,19 @@ fn splice_needs_a_causal_model() {
 
 #[test]
 fn bf16_compute_stays_close_to_f32() {
-    let source = ModelSource::HfFolder(goldens().join("tiny-neox"));
+    for name in ["tiny-neox", "tiny-gpt2"] {
+        check_bf16(name);
+    }
+}
+
+fn check_bf16(name: &str) {
+    let source = ModelSource::HfFolder(goldens().join(name));
     let opts = LoadOptions {
         dtype: ComputeDtype::Bf16,
         ..Default::default()
     };
     let m16 = Model::load(&source, opts).unwrap();
-    let m32 = model("tiny-neox");
+    let m32 = model(name);
     let (ids, mask) = batch(&m32);
     let hook = [HookName::new(1, HookKind::ResidPost)];
     let a = m16
@@ -122,7 +134,32 @@ fn bf16_compute_stays_close_to_f32() {
         .unwrap();
     let a = a.to_kind(Kind::Float);
     let rel = f64::try_from((&a - &b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap();
-    assert!(rel < 0.05, "bf16 relative error {rel}");
+    assert!(rel < 0.05, "{name}: bf16 relative error {rel}");
+}
+
+#[test]
+fn learned_positions_bound_the_context_of_gpt2_not_of_rotary_models() {
+    let gpt2 = model("tiny-gpt2");
+    assert_eq!(gpt2.info.max_positions, 128);
+    gpt2.check_context_len(128).unwrap();
+    let err = gpt2.check_context_len(129).unwrap_err().to_string();
+    assert!(
+        err.contains("129") && err.contains("128 positions"),
+        "{err}"
+    );
+    let ids = Tensor::zeros([1, 129], (Kind::Int64, tch::Device::Cpu));
+    let err = gpt2
+        .run_with_cache(
+            &ids,
+            &ids.ones_like(),
+            &[HookName::new(0, HookKind::ResidPre)],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sequence length 129"), "{err}");
+    drop(gpt2);
+    // NeoX's rotary positions have no table to run off the end of.
+    model("tiny-neox").check_context_len(129).unwrap();
 }
 
 #[test]

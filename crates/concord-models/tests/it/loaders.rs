@@ -2,8 +2,9 @@
 
 use concord_models::gguf::Gguf;
 use concord_models::{Error, LoadOptions, Model, ModelSource, resolve};
+use tch::Tensor;
 
-use crate::support::{data_dir, goldens, tmp_file};
+use crate::support::{data_dir, goldens, model, tmp_file};
 
 #[test]
 fn resolves_builtin_names_paths_and_refuses_unknown_ones() {
@@ -95,4 +96,35 @@ fn missing_and_corrupt_folder_files_name_the_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn gpt2_weights_load_with_or_without_the_transformer_prefix() {
+    // `GPT2Model` checkpoints name `wte.weight`, `h.0.attn.c_attn.weight`, ...; the golden,
+    // saved from `GPT2LMHeadModel`, puts `transformer.` in front of each.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = goldens().join("tiny-gpt2");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let tensors = Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
+    let renamed: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let bare = k.strip_prefix("transformer.").expect("prefixed golden");
+            (bare.to_owned(), t)
+        })
+        .collect();
+    Tensor::write_safetensors(&renamed, tmp.path().join("model.safetensors")).unwrap();
+    let bare = Model::load(
+        &ModelSource::HfFolder(tmp.path().to_owned()),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let prefixed = model("tiny-gpt2");
+    let ids = Tensor::from_slice(&[0i64, 40, 41, 42, 43]).reshape([1, 5]);
+    let mask = ids.ones_like();
+    let a = bare.forward_logits(&ids, &mask).unwrap();
+    let b = prefixed.forward_logits(&ids, &mask).unwrap();
+    assert!(a.logits.equal(&b.logits));
 }

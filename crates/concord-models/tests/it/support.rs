@@ -30,6 +30,7 @@ pub fn model(name: &str) -> MutexGuard<'static, Model> {
     static MINILM: Cell = OnceLock::new();
     static NEOX: Cell = OnceLock::new();
     static NEOX_SEQ: Cell = OnceLock::new();
+    static GPT2: Cell = OnceLock::new();
     let (cell, source): (&Cell, fn() -> ModelSource) = match name {
         "smollm2-135m" => (&SMOL, || resolve("smollm2-135m", &data_dir()).unwrap()),
         "minilm-l6" => (&MINILM, || resolve("minilm-l6", &data_dir()).unwrap()),
@@ -37,6 +38,7 @@ pub fn model(name: &str) -> MutexGuard<'static, Model> {
         "tiny-neox-seq" => (&NEOX_SEQ, || {
             ModelSource::HfFolder(goldens().join("tiny-neox-seq"))
         }),
+        "tiny-gpt2" => (&GPT2, || ModelSource::HfFolder(goldens().join("tiny-gpt2"))),
         other => panic!("unknown test model {other}"),
     };
     cell.get_or_init(|| Mutex::new(load(&source())))

@@ -410,3 +410,47 @@ pub(crate) fn lane_mask(nc: usize, h: usize) -> u16 {
         (1u16 << n) - 1
     }
 }
+
+/// The columns of a register row (two vectors, [`NR`] columns) whose value is at least `lo`'s
+/// in the same lane, among the valid lanes `masks`: bit `l` is column `l`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn lanes_at_least(row: [__m512; 2], lo: [__m512; 2], masks: [u16; 2]) -> u32 {
+    use std::arch::x86_64::{_CMP_GE_OQ, _mm512_mask_cmp_ps_mask};
+    let g0 = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(masks[0], row[0], lo[0]);
+    let g1 = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(masks[1], row[1], lo[1]);
+    u32::from(g0) | (u32::from(g1) << LANES)
+}
+
+/// A register row's [`NR`] values in memory.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn spill(row: &[__m512; 2]) -> [f32; NR] {
+    use std::arch::x86_64::_mm512_storeu_ps;
+    let mut buf = [0.0f32; NR];
+    // SAFETY: `buf` holds two vectors.
+    unsafe {
+        _mm512_storeu_ps(buf.as_mut_ptr(), row[0]);
+        _mm512_storeu_ps(buf.as_mut_ptr().add(LANES), row[1]);
+    }
+    buf
+}
+
+/// Calls `f(l, value)` for each set bit `l` of `lanes`, in increasing order, with the row's
+/// value in column `l`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn for_each_lane(row: &[__m512; 2], mut lanes: u32, mut f: impl FnMut(usize, f32)) {
+    if lanes == 0 {
+        return;
+    }
+    let buf = spill(row);
+    while lanes != 0 {
+        let l = lanes.trailing_zeros() as usize;
+        lanes &= lanes - 1;
+        f(l, buf[l]);
+    }
+}

@@ -646,28 +646,12 @@ impl Epilogue for PriceEpilogue<'_> {
                 _mm512_loadu_ps(self.v_f.as_ptr().add(t.c0 + LANES)),
             ]
         };
-        let mut buf = [0.0f32; NR];
         for (i, row) in acc.iter().enumerate().take(t.nr) {
             let li = t.r0 + i;
             let lo = _mm512_set1_ps(self.u_lo[li]);
-            let g0 =
-                _mm512_mask_cmp_ps_mask(masks[0], _mm512_sub_ps(row[0], vs[0]), lo, _CMP_GE_OQ);
-            let g1 =
-                _mm512_mask_cmp_ps_mask(masks[1], _mm512_sub_ps(row[1], vs[1]), lo, _CMP_GE_OQ);
-            let mut g = u32::from(g0) | (u32::from(g1) << LANES);
-            if g == 0 {
-                continue;
-            }
-            // SAFETY: `buf` holds two vectors.
-            unsafe {
-                _mm512_storeu_ps(buf.as_mut_ptr(), row[0]);
-                _mm512_storeu_ps(buf.as_mut_ptr().add(LANES), row[1]);
-            }
-            while g != 0 {
-                let l = g.trailing_zeros() as usize;
-                g &= g - 1;
-                self.check(&mut r.1, r.0, li, t.c0 + l, buf[l]);
-            }
+            let reduced = [_mm512_sub_ps(row[0], vs[0]), _mm512_sub_ps(row[1], vs[1])];
+            let g = kernel::lanes_at_least(reduced, [lo, lo], masks);
+            kernel::for_each_lane(row, g, |l, v| self.check(&mut r.1, r.0, li, t.c0 + l, v));
         }
     }
 }

@@ -456,28 +456,16 @@ impl Epilogue for TopEpilogue {
     ) {
         use std::arch::x86_64::*;
         let masks = [lane_mask(t.nc, 0), lane_mask(t.nc, 1)];
-        let mut buf = [0.0f32; NR];
         for (i, row) in acc.iter().enumerate().take(t.nr) {
             let li = t.r0 + i - r.r0;
             let kth = _mm512_set1_ps(r.top.kth[li]);
-            let g0 = _mm512_mask_cmp_ps_mask(masks[0], row[0], kth, _CMP_GE_OQ);
-            let g1 = _mm512_mask_cmp_ps_mask(masks[1], row[1], kth, _CMP_GE_OQ);
-            let mut g = u32::from(g0) | (u32::from(g1) << LANES);
-            if g != 0 {
-                // SAFETY: `buf` holds two vectors.
-                unsafe {
-                    _mm512_storeu_ps(buf.as_mut_ptr(), row[0]);
-                    _mm512_storeu_ps(buf.as_mut_ptr().add(LANES), row[1]);
+            let g = kernel::lanes_at_least(*row, [kth, kth], masks);
+            kernel::for_each_lane(row, g, |l, v| {
+                // Offers may raise the threshold: the rest of the row is checked again.
+                if v >= r.top.kth[li] {
+                    r.top.offer(li, v, (t.c0 + l) as u32);
                 }
-                while g != 0 {
-                    let l = g.trailing_zeros() as usize;
-                    g &= g - 1;
-                    // Offers may raise the threshold: the rest of the row is checked again.
-                    if buf[l] >= r.top.kth[li] {
-                        r.top.offer(li, buf[l], (t.c0 + l) as u32);
-                    }
-                }
-            }
+            });
         }
         for (h, &mask) in masks.iter().enumerate() {
             if mask == 0 {
@@ -495,6 +483,7 @@ impl Epilogue for TopEpilogue {
             if any == 0 {
                 continue;
             }
+            let mut buf = [0.0f32; LANES];
             for (i, row) in acc.iter().enumerate().take(t.nr) {
                 let mut g = _mm512_mask_cmp_ps_mask(any, row[h], kv, _CMP_GE_OQ);
                 if g == 0 {
@@ -664,25 +653,10 @@ impl Epilogue for AboveEpilogue {
         use std::arch::x86_64::*;
         let masks = [lane_mask(t.nc, 0), lane_mask(t.nc, 1)];
         let th = _mm512_set1_ps(self.threshold);
-        let mut buf = [0.0f32; NR];
         for (i, row) in acc.iter().enumerate().take(t.nr) {
-            let g0 = _mm512_mask_cmp_ps_mask(masks[0], row[0], th, _CMP_GE_OQ);
-            let g1 = _mm512_mask_cmp_ps_mask(masks[1], row[1], th, _CMP_GE_OQ);
-            let mut g = u32::from(g0) | (u32::from(g1) << LANES);
-            if g == 0 {
-                continue;
-            }
-            // SAFETY: `buf` holds two vectors.
-            unsafe {
-                _mm512_storeu_ps(buf.as_mut_ptr(), row[0]);
-                _mm512_storeu_ps(buf.as_mut_ptr().add(LANES), row[1]);
-            }
+            let g = kernel::lanes_at_least(*row, [th, th], masks);
             let list = &mut r.1[t.r0 + i - r.0];
-            while g != 0 {
-                let l = g.trailing_zeros() as usize;
-                g &= g - 1;
-                self.push(list, t.c0 + l, buf[l]);
-            }
+            kernel::for_each_lane(row, g, |l, v| self.push(list, t.c0 + l, v));
         }
     }
 }
@@ -738,14 +712,8 @@ impl Epilogue for StoreEpilogue {
         t: Tile,
         acc: &[[__m512; 2]; MR],
     ) {
-        use std::arch::x86_64::*;
-        let mut buf = [0.0f32; NR];
         for (i, row) in acc.iter().enumerate().take(t.nr) {
-            // SAFETY: `buf` holds two vectors.
-            unsafe {
-                _mm512_storeu_ps(buf.as_mut_ptr(), row[0]);
-                _mm512_storeu_ps(buf.as_mut_ptr().add(LANES), row[1]);
-            }
+            let buf = kernel::spill(row);
             let o = (t.r0 + i - r.0) * self.n_cols + t.c0;
             r.1[o..o + t.nc].copy_from_slice(&buf[..t.nc]);
         }

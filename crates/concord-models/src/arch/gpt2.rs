@@ -11,7 +11,7 @@
 use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
-use super::{AttnCtx, HookCtx, gelu, layer_norm, linear, merge_heads, split_heads};
+use super::{AttnCtx, HookCtx, gelu_mlp, layer_norm, linear, merge_heads, split_heads};
 use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
@@ -161,10 +161,7 @@ impl Gpt2 {
 
     fn mlp(&self, l: usize, xs: &Tensor, hooks: &mut HookCtx<'_>) -> Result<Tensor> {
         let b = &self.h[l];
-        let h = linear(xs, &b.c_fc.0, Some(&b.c_fc.1))?;
-        let act = hooks.point(l, HookKind::MlpPost, gelu(h, self.cfg.gelu_tanh)?)?;
-        let out = linear(&act, &b.mlp_c_proj.0, Some(&b.mlp_c_proj.1))?;
-        hooks.point(l, HookKind::MlpOut, out)
+        gelu_mlp(l, xs, (&b.c_fc, &b.mlp_c_proj), self.cfg.gelu_tanh, hooks)
     }
 
     /// One pre-LN block. `xs`: `(batch, seq, d_model)` -> `(batch, seq, d_model)`.

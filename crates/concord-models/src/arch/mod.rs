@@ -230,6 +230,21 @@ pub(crate) fn gelu(mut xs: Tensor, tanh: bool) -> Result<Tensor> {
     Ok(xs.f_gelu_(if tanh { "tanh" } else { "none" })?)
 }
 
+/// The GELU MLP of GPT-NeoX and GPT-2, block `l`: `fc` (in), GELU (`blocks.{l}.mlp.hook_post`),
+/// `proj` (out, `blocks.{l}.hook_mlp_out`); weights `(out, in)` with biases.
+pub(crate) fn gelu_mlp(
+    l: usize,
+    xs: &Tensor,
+    (fc, proj): (&(Tensor, Tensor), &(Tensor, Tensor)),
+    tanh: bool,
+    hooks: &mut HookCtx<'_>,
+) -> Result<Tensor> {
+    let h = linear(xs, &fc.0, Some(&fc.1))?;
+    let act = hooks.point(l, HookKind::MlpPost, gelu(h, tanh)?)?;
+    let out = linear(&act, &proj.0, Some(&proj.1))?;
+    hooks.point(l, HookKind::MlpOut, out)
+}
+
 /// Splits heads: `(batch, seq, heads * head_dim)` -> `(batch, heads, seq, head_dim)`.
 pub(crate) fn split_heads(xs: &Tensor, heads: i64) -> Result<Tensor> {
     let (b, s, d) = xs.size3()?;

@@ -5,7 +5,7 @@
 use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
-use super::{AttnCtx, HookCtx, gelu, layer_norm, linear, merge_heads};
+use super::{AttnCtx, HookCtx, gelu_mlp, layer_norm, linear, merge_heads};
 use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
@@ -138,10 +138,8 @@ impl Neox {
 
     fn mlp(&self, l: usize, xs: &Tensor, hooks: &mut HookCtx<'_>) -> Result<Tensor> {
         let b = &self.layers[l];
-        let h = linear(xs, &b.dense_h_to_4h.0, Some(&b.dense_h_to_4h.1))?;
-        let act = hooks.point(l, HookKind::MlpPost, gelu(h, self.cfg.gelu_tanh)?)?;
-        let out = linear(&act, &b.dense_4h_to_h.0, Some(&b.dense_4h_to_h.1))?;
-        hooks.point(l, HookKind::MlpOut, out)
+        let (fc, proj) = (&b.dense_h_to_4h, &b.dense_4h_to_h);
+        gelu_mlp(l, xs, (fc, proj), self.cfg.gelu_tanh, hooks)
     }
 
     /// One block. `xs`: `(batch, seq, d_model)` -> `(batch, seq, d_model)`.

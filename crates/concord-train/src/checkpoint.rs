@@ -1,5 +1,6 @@
 //! Checkpoints: a folder with `trainer.json` (options, step, per-SAE scalars and curves) and
-//! one `sae-NNNN.safetensors` per SAE (parameters, Adam moments, dead-feature counters).
+//! one `sae-NNNN.safetensors` per SAE (parameters, Adam moments, dead-feature counters, and a
+//! JumpReLU SAE's `log_threshold` with its moments).
 //!
 //! Tensors are stored bit for bit (f32 and i64), and Adam's step count is the trainer's step,
 //! so a resumed run repeats exactly the operations of an uninterrupted one.
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::math::{Moments, Params};
-use crate::spec::TrainOptions;
+use crate::spec::{Arch, TrainOptions};
 use crate::trainer::{Slot, SlotMeta, Trainer, validate};
 use crate::{Error, Result};
 
@@ -76,6 +77,11 @@ pub(crate) fn write(trainer: &Trainer, dir: &Path) -> Result<()> {
             named.push((name.to_string(), slot.params.as_array()[j]));
             named.push((format!("adam_m.{name}"), &slot.mom.m[j]));
             named.push((format!("adam_v.{name}"), &slot.mom.v[j]));
+        }
+        if let (Some(th), Some((m, v))) = (&slot.params.log_threshold, &slot.mom.threshold) {
+            named.push(("log_threshold".into(), th));
+            named.push(("adam_m.log_threshold".into(), m));
+            named.push(("adam_v.log_threshold".into(), v));
         }
         named.push(("since_fired".into(), &slot.since_fired));
         let raw = named
@@ -195,9 +201,19 @@ pub(crate) fn read(dir: &Path, opts: Option<TrainOptions>) -> Result<Trainer> {
             ])
         };
         let [w_enc, b_enc, w_dec, b_dec] = load("")?;
+        // JumpReLU's thresholds and their Adam moments.
+        let (log_threshold, threshold_moments) = if sm.spec.arch == Arch::JumpRelu {
+            let th = get("log_threshold", &[d_sae])?;
+            let m = get("adam_m.log_threshold", &[d_sae])?;
+            let v = get("adam_v.log_threshold", &[d_sae])?;
+            (Some(th), Some((m, v)))
+        } else {
+            (None, None)
+        };
         let mom = Moments {
             m: load("adam_m.")?,
             v: load("adam_v.")?,
+            threshold: threshold_moments,
         };
         let since_fired = get("since_fired", &[d_sae])?;
         slots.push(Slot {
@@ -207,6 +223,7 @@ pub(crate) fn read(dir: &Path, opts: Option<TrainOptions>) -> Result<Trainer> {
                 b_enc,
                 w_dec,
                 b_dec,
+                log_threshold,
             },
             mom,
             since_fired,

@@ -6,7 +6,7 @@ use rand_distr::StandardNormal;
 
 use concord_core::SaeWeights;
 
-use crate::spec::{Arch, SaeSpec};
+use crate::spec::{Arch, JUMPRELU_INIT_THRESHOLD, SaeSpec};
 
 /// Initial weights of `spec` from its `init_seed`.
 ///
@@ -16,6 +16,7 @@ use crate::spec::{Arch, SaeSpec};
 ///   study's `(d_sae, d_in)` layout, then `W_dec`; zero biases.
 /// - The other variants draw decoder rows from a standard normal, normalise them to unit norm,
 ///   and start the encoder as the decoder's transpose (Gao et al. 2024; Conerly et al. 2024).
+/// - `jumprelu` starts every threshold at [`JUMPRELU_INIT_THRESHOLD`] (SAELens's 0.001).
 pub fn init_weights(spec: &SaeSpec) -> SaeWeights {
     let (d_in, d_sae) = (spec.d_in, spec.d_sae);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.init_seed);
@@ -30,7 +31,7 @@ pub fn init_weights(spec: &SaeSpec) -> SaeWeights {
             let enc = draw();
             (enc, draw())
         }
-        Arch::ReluL1 | Arch::TopK | Arch::BatchTopK => {
+        Arch::ReluL1 | Arch::TopK | Arch::BatchTopK | Arch::JumpRelu => {
             let mut w: Vec<f32> = (0..d_in * d_sae)
                 .map(|_| rng.sample(StandardNormal))
                 .collect();
@@ -48,7 +49,8 @@ pub fn init_weights(spec: &SaeSpec) -> SaeWeights {
         b_enc: vec![0.0; d_sae],
         w_dec,
         b_dec: vec![0.0; d_in],
-        threshold: None,
+        threshold: (spec.arch == Arch::JumpRelu)
+            .then(|| vec![JUMPRELU_INIT_THRESHOLD as f32; d_sae]),
     }
 }
 

@@ -25,6 +25,7 @@ pub use import::{load_dictionary_learning, load_saelens};
 pub use init::init_weights;
 pub use model::{Activation, SaeModel};
 pub use spec::{
-    Arch, BDecInit, DataSeed, GridStream, Hyper, SaeSpec, TrainOptions, grid, parse_device,
+    Arch, BDecInit, DataSeed, GridStream, Hyper, JUMPRELU_BANDWIDTH, JUMPRELU_INIT_THRESHOLD,
+    JUMPRELU_L0_COEFFICIENT, SaeSpec, TrainOptions, grid, parse_device,
 };
 pub use trainer::{Batch, CurvePoint, SaeStepStats, StepStats, Trainer};

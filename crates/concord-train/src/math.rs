@@ -24,19 +24,14 @@ pub(crate) struct Params {
     pub w_dec: Tensor,
     /// `(d_in)`.
     pub b_dec: Tensor,
+    /// `(d_sae)`: JumpReLU's thresholds as `ln(theta)` (positive by construction; Adam's
+    /// steps are relative changes of theta); `None` for the other architectures.
+    pub log_threshold: Option<Tensor>,
 }
 
 impl Params {
     pub fn as_array(&self) -> [&Tensor; 4] {
         [&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec]
-    }
-    pub fn as_array_mut(&mut self) -> [&mut Tensor; 4] {
-        [
-            &mut self.w_enc,
-            &mut self.b_enc,
-            &mut self.w_dec,
-            &mut self.b_dec,
-        ]
     }
 }
 
@@ -47,6 +42,8 @@ pub(crate) struct Pass {
     pub stats: Tensor,
     /// Gradients of the loss, in [`Params`] order and shapes.
     pub grads: [Tensor; 4],
+    /// `(d_sae)`: JumpReLU's pseudo-gradient of `log_threshold` (straight-through estimator).
+    pub g_log_threshold: Option<Tensor>,
     /// `(d_sae)` bool: features active on at least one row.
     pub fired: Tensor,
     /// `()`: BatchTopK's smallest kept activation (for its inference threshold).
@@ -56,7 +53,8 @@ pub(crate) struct Pass {
 /// The per-step knobs a schedule sets.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StepKnobs {
-    pub l1: f64,
+    /// The sparsity coefficient this step: L1 (ReLU variants) or L0 (JumpReLU), warmed up.
+    pub sparsity: f64,
     /// Codes denser than this run the dense decoder path (libtorch GEMMs); sparser codes on
     /// the CPU run the kernels of [`crate::sparse`].
     pub sparse_max_density: f64,
@@ -89,6 +87,9 @@ struct Tail {
     g_w_enc: Tensor,
     /// `(d_sae)`.
     g_b_enc: Tensor,
+    /// `(batch, d_in)`: gradient of the MSE with respect to `x_hat` (JumpReLU's threshold
+    /// gradient needs it at codes that are zero).
+    g_xhat: Tensor,
 }
 
 /// Forward and backward pass of one SAE on `xs (batch, d_in)`. `b_dec` may be a replacement
@@ -105,9 +106,30 @@ pub(crate) fn pass(
     let (batch, d_in) = (xs.size()[0], xs.size()[1] as usize);
     let d_sae = p.w_enc.size()[1];
     let xc = xs.f_sub(b_dec)?;
-    // `acts` is ReLU(pre), computed in place: every architecture selects from it.
+    // `acts` is ReLU(pre), computed in place: every architecture selects from it. JumpReLU
+    // zeroes `pre <= theta` instead (theta > 0, so its codes are non-negative too), after
+    // noting the entries in its kernel's window (some of which are zeroed).
     let mut acts = p.b_enc.f_addmm(&xc, &p.w_enc)?;
-    let _ = acts.f_relu_()?;
+    let jump = match (arch, &p.log_threshold) {
+        (Arch::JumpRelu, Some(log_th)) => {
+            let eps = hyper.bandwidth.unwrap_or(crate::spec::JUMPRELU_BANDWIDTH);
+            let theta = log_th.f_exp()?;
+            let window = acts.f_sub(&theta)?.f_abs()?.f_lt(eps / 2.0)?;
+            let below = acts.f_le_tensor(&theta)?;
+            let _ = acts.f_masked_fill_(&below, 0.0)?;
+            Some((theta, window, eps))
+        }
+        (Arch::JumpRelu, None) => {
+            return Err(crate::Error::InvalidSpec {
+                sae: String::new(),
+                reason: "a jumprelu SAE without thresholds".into(),
+            });
+        }
+        _ => {
+            let _ = acts.f_relu_()?;
+            None
+        }
+    };
     let norms = if arch == Arch::ReluL1Faithful {
         Some(row_norms(&p.w_dec)?)
     } else {
@@ -121,9 +143,9 @@ pub(crate) fn pass(
     let k = hyper.k.unwrap_or(1) as i64;
     let mut min_kept = None;
     let aux_dead = dead.filter(|_| hyper.auxk_alpha > 0.0);
-    let l1 = if arch.uses_k() { None } else { Some(knobs.l1) };
+    let l1 = arch.uses_l1().then_some(knobs.sparsity);
     let tail = match arch {
-        Arch::ReluL1Faithful | Arch::ReluL1 => match cpu_f32_slice(&acts) {
+        Arch::ReluL1Faithful | Arch::ReluL1 | Arch::JumpRelu => match cpu_f32_slice(&acts) {
             Some(dense) => {
                 // One pass counts the active entries per feature and per row; sparse enough
                 // codes are then gathered into CSR from the same memory.
@@ -205,14 +227,24 @@ pub(crate) fn pass(
         }
     };
     let Tail {
-        extra,
+        mut extra,
         mse,
         counts,
         mut g_b_dec,
         g_wdec,
         g_w_enc,
         g_b_enc,
+        g_xhat,
     } = tail;
+    let l0 = counts.f_sum(Kind::Float)?.f_div_scalar(batch as f64)?;
+    let g_log_threshold = match jump {
+        Some((theta, window, eps)) => {
+            extra = l0.f_mul_scalar(knobs.sparsity)?;
+            let g = threshold_grad(&theta, &window, eps, knobs.sparsity, &g_xhat, &w_dec)?;
+            Some(g)
+        }
+        None => None,
+    };
     // b_dec also enters through `xc = xs - b_dec`: its gradient there is -(sum_b g_pre) W_enc^T.
     let through_enc = g_b_enc
         .f_unsqueeze(0)?
@@ -246,16 +278,62 @@ pub(crate) fn pass(
             g_w_dec = g_w_dec.f_div(n)?;
         }
     }
-    let l0 = counts.f_sum(Kind::Float)?.f_div_scalar(batch as f64)?;
     let fired = counts.f_gt(0.0)?;
     let loss = mse.f_add(&extra)?;
     let stats = Tensor::f_stack(&[loss, mse, l0], 0)?;
     Ok(Pass {
         stats,
         grads: [g_w_enc, g_b_enc, g_w_dec, g_b_dec],
+        g_log_threshold,
         fired,
         min_kept,
     })
+}
+
+/// JumpReLU's pseudo-gradient of `log_threshold (d_sae)` (Rajamanoharan et al. 2024, as in
+/// SAELens): with `rect(u) = 1` for `|u| < 1/2`, the straight-through estimator gives
+/// `d z_tj / d theta_j = -(theta_j / eps) rect((pre_tj - theta_j) / eps)` for the code and
+/// `-(1 / eps) rect(...)` for its step `H(pre_tj - theta_j)`, so
+/// `dL / d theta_j = -(theta_j / eps) sum_t rect * g_z_tj - (l0 / (batch eps)) sum_t rect`,
+/// times `theta_j` for `ln(theta_j)`. `window (batch, d_sae)` is true where `rect = 1`;
+/// `g_z_tj = <g_xhat_t, W_dec_j>` is needed there only, where most codes are zero, so it is
+/// a gathered dot product per window entry, or one GEMM when the window holds many.
+fn threshold_grad(
+    theta: &Tensor,
+    window: &Tensor,
+    eps: f64,
+    l0: f64,
+    g_xhat: &Tensor,
+    w_dec: &Tensor,
+) -> Result<Tensor> {
+    let (batch, d_in) = (g_xhat.size()[0], g_xhat.size()[1]);
+    let d_sae = theta.size()[0];
+    let n_w = window.f_sum(Kind::Int64)?.int64_value(&[]);
+    let opts = (Kind::Float, theta.device());
+    let (g_sum, count) = if n_w * d_in <= batch * d_sae {
+        let idx = window.f_nonzero()?;
+        let (rows, cols) = (idx.f_select(1, 0)?, idx.f_select(1, 1)?);
+        let g = g_xhat
+            .f_index_select(0, &rows)?
+            .f_mul(&w_dec.f_index_select(0, &cols)?)?
+            .f_sum_dim_intlist(1i64, false, Kind::Float)?;
+        // CPU index_add walks the entries in order: sums are repeatable.
+        let zeros = Tensor::f_zeros([d_sae], opts)?;
+        let ones = Tensor::f_ones([n_w], opts)?;
+        (
+            zeros.f_index_add(0, &cols, &g)?,
+            zeros.f_index_add(0, &cols, &ones)?,
+        )
+    } else {
+        let mask = window.f_to_kind(Kind::Float)?;
+        let g_z = g_xhat.f_mm(&w_dec.f_tr()?)?;
+        (sum0(&g_z.f_mul(&mask)?)?, sum0(&mask)?)
+    };
+    let g_theta = g_sum
+        .f_mul(theta)?
+        .f_add(&count.f_mul_scalar(l0 / batch as f64)?)?
+        .f_mul_scalar(-1.0 / eps)?;
+    Ok(g_theta.f_mul(theta)?)
 }
 
 fn to_i64(t: &Tensor) -> Result<Vec<i64>> {
@@ -374,6 +452,7 @@ fn dense_tail(
         g_wdec,
         g_w_enc,
         g_b_enc,
+        g_xhat,
     })
 }
 
@@ -468,6 +547,7 @@ fn sparse_tail(
         g_wdec,
         g_w_enc: g_wenc_t.f_tr()?.f_contiguous()?,
         g_b_enc: Tensor::f_from_slice(&g_b_enc)?,
+        g_xhat: g_xhat_t,
     })
 }
 
@@ -483,14 +563,21 @@ fn cpu_contiguous(t: &Tensor) -> Result<Tensor> {
 pub(crate) struct Moments {
     pub m: [Tensor; 4],
     pub v: [Tensor; 4],
+    /// `(m, v)` of [`Params::log_threshold`], when the SAE has one.
+    pub threshold: Option<(Tensor, Tensor)>,
 }
 
 impl Moments {
     pub fn zeros(p: &Params) -> Result<Moments> {
         let z = |t: &Tensor| t.f_zeros_like();
+        let threshold = match &p.log_threshold {
+            Some(t) => Some((z(t)?, z(t)?)),
+            None => None,
+        };
         Ok(Moments {
             m: [z(&p.w_enc)?, z(&p.b_enc)?, z(&p.w_dec)?, z(&p.b_dec)?],
             v: [z(&p.w_enc)?, z(&p.b_enc)?, z(&p.w_dec)?, z(&p.b_dec)?],
+            threshold,
         })
     }
 }
@@ -498,10 +585,12 @@ impl Moments {
 /// One Adam step, `t` counting from 1: PyTorch's formulation
 /// (`p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`). On the CPU it is one fused pass per
 /// tensor ([`adam_fused`]); elsewhere in-place tensor ops that use the gradients as scratch.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn adam(
     p: &mut Params,
     mom: &mut Moments,
     grads: &mut [Tensor; 4],
+    g_log_threshold: Option<&mut Tensor>,
     hyper: &Hyper,
     lr: f64,
     t: u64,
@@ -510,9 +599,32 @@ pub(crate) fn adam(
     let bc1 = 1.0 - b1.powf(t as f64);
     let bc2_sqrt = (1.0 - b2.powf(t as f64)).sqrt();
     let step_size = lr / bc1;
-    for (i, param) in p.as_array_mut().into_iter().enumerate() {
-        let g = &mut grads[i];
-        let (m, v) = (&mut mom.m[i], &mut mom.v[i]);
+    let Params {
+        w_enc,
+        b_enc,
+        w_dec,
+        b_dec,
+        log_threshold,
+    } = p;
+    let [m0, m1, m2, m3] = &mut mom.m;
+    let [v0, v1, v2, v3] = &mut mom.v;
+    let [g0, g1, g2, g3] = grads;
+    let mut jobs = vec![
+        (w_enc, g0, m0, v0),
+        (b_enc, g1, m1, v1),
+        (w_dec, g2, m2, v2),
+        (b_dec, g3, m3, v3),
+    ];
+    // JumpReLU's thresholds take the same Adam step (SAELens optimises `log_threshold` with
+    // the other parameters).
+    if let (Some(th), Some(g), Some((m, v))) = (
+        log_threshold.as_mut(),
+        g_log_threshold,
+        mom.threshold.as_mut(),
+    ) {
+        jobs.push((th, g, m, v));
+    }
+    for (param, g, m, v) in jobs {
         if adam_fused(
             param,
             g,
@@ -678,7 +790,8 @@ mod tests {
     use crate::trainer::params_from_weights;
     use tch::Device;
 
-    /// The same losses written for autograd.
+    /// The same losses written for autograd (JumpReLU's thresholds as constants: autograd
+    /// sees the codes' mask, not the straight-through estimator).
     fn autograd_loss(
         arch: Arch,
         hyper: &Hyper,
@@ -702,6 +815,10 @@ mod tests {
                 let (v, i) = flat.topk(k * batch, 0, true, false);
                 flat.zeros_like().scatter(0, &i, &v).view_as(&pre)
             }
+            Arch::JumpRelu => {
+                let theta = p.log_threshold.as_ref().unwrap().detach().exp();
+                &pre * pre.gt_tensor(&theta).to_kind(Kind::Float)
+            }
         };
         let w_dec = if arch == Arch::ReluL1Faithful {
             &p.w_dec
@@ -715,7 +832,9 @@ mod tests {
         let x_hat = cs.mm(&w_dec) + &p.b_dec;
         let err = &x_hat - xs;
         let mut loss = err.square().mean(Kind::Float);
-        if !arch.uses_k() {
+        if arch == Arch::JumpRelu {
+            loss += cs.gt(0.0).sum(Kind::Float) * (l1 / batch as f64);
+        } else if !arch.uses_k() {
             loss += cs.sum(Kind::Float) * (l1 / batch as f64);
         } else if let Some(dead) = dead {
             let d_in = xs.size()[1];
@@ -753,6 +872,9 @@ mod tests {
             let mut p = params_from_weights(&init_weights(&spec), Device::Cpu).unwrap();
             p.b_dec = normal(2, &[6]) * 0.1;
             p.b_enc = normal(3, &[24]) * 0.1;
+            if arch == Arch::JumpRelu {
+                p.log_threshold = Some((normal(4, &[24]).abs() * 0.2 + 0.01).log());
+            }
             // Some features dead, to exercise AuxK.
             let dead = Tensor::arange(24, (Kind::Int64, Device::Cpu))
                 .remainder(3)
@@ -760,7 +882,7 @@ mod tests {
             let dead_opt = arch.uses_k().then_some(&dead);
             for sparse in [0.0, 1.0] {
                 let knobs = StepKnobs {
-                    l1: 0.05,
+                    sparsity: 0.05,
                     sparse_max_density: sparse,
                 };
                 let got = pass(arch, &spec.hyper, &p, &p.b_dec, &xs, knobs, dead_opt).unwrap();
@@ -774,6 +896,7 @@ mod tests {
                     b_enc: leaves[1].shallow_clone(),
                     w_dec: leaves[2].shallow_clone(),
                     b_dec: leaves[3].shallow_clone(),
+                    log_threshold: p.log_threshold.as_ref().map(Tensor::shallow_clone),
                 };
                 let loss = autograd_loss(arch, &spec.hyper, &q, &xs, 0.05, dead_opt);
                 loss.backward();
@@ -794,6 +917,121 @@ mod tests {
                     assert!(
                         diff <= 1e-4 * scale,
                         "{arch} (sparse {sparse}) gradient {j}: max diff {diff} at scale {scale}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A tiny JumpReLU SAE: `d_in` 4, `d_sae` 6, batch 5, `b_enc` 1 so that most
+    /// pre-activations are positive, each threshold put 0.01 above or below one
+    /// pre-activation (inside a kernel window of 0.05 or wider).
+    fn tiny_jumprelu() -> (Hyper, Params, Tensor, Tensor) {
+        let mut spec = SaeSpec::new(Arch::JumpRelu, 0, "h", "m", 4, 1);
+        spec.d_sae = 6;
+        let mut p = params_from_weights(&init_weights(&spec), Device::Cpu).unwrap();
+        p.b_dec = normal(12, &[4]) * 0.1;
+        p.b_enc = normal(13, &[6]) * 0.1 + 1.0;
+        let xs = normal(11, &[5, 4]) * 0.5 + 0.2;
+        let pre = (&xs - &p.b_dec).mm(&p.w_enc) + &p.b_enc;
+        let pre: Vec<f32> = Vec::try_from(&pre.view([-1])).unwrap();
+        let theta: Vec<f32> = (0..6)
+            .map(|j| {
+                let v = pre[(j % 5) * 6 + j];
+                let th = if j % 2 == 0 { v + 0.01 } else { v - 0.01 };
+                th.max(0.02)
+            })
+            .collect();
+        p.log_threshold = Some(Tensor::from_slice(&theta).log());
+        (spec.hyper, p, xs, Tensor::from_slice(&pre).view([5, 6]))
+    }
+
+    /// JumpReLU's loss in f64 (MSE + `l0 * mean_t L0_t`) at the given weights.
+    fn jumprelu_loss_f64(w: &[Tensor; 4], theta: &Tensor, xs: &Tensor, l0: f64) -> f64 {
+        let xs = xs.to_kind(Kind::Double);
+        let pre = (&xs - &w[3]).mm(&w[0]) + &w[1];
+        let on = pre.gt_tensor(theta).to_kind(Kind::Double);
+        let x_hat = (&pre * &on).mm(&w[2]) + &w[3];
+        let mse = (x_hat - &xs).square().mean(Kind::Double).double_value(&[]);
+        mse + l0 * on.sum(Kind::Double).double_value(&[]) / xs.size()[0] as f64
+    }
+
+    #[test]
+    fn jumprelu_gradients_match_finite_differences_and_the_threshold_formula() {
+        let (mut hyper, p, xs, pre) = tiny_jumprelu();
+        let l0 = 0.3;
+        let theta = p.log_threshold.as_ref().unwrap().exp();
+        let th: Vec<f32> = Vec::try_from(&theta).unwrap();
+        let pre_v: Vec<f32> = Vec::try_from(&pre.view([-1])).unwrap();
+        let weights = p.as_array().map(|t| t.to_kind(Kind::Double));
+        let theta64 = theta.to_kind(Kind::Double);
+        // The 0.05 window holds a few entries, some zero codes; 10 holds them all (and takes
+        // the GEMM branch of `threshold_grad`).
+        for eps in [0.05f32, 10.0] {
+            let in_window = |t: usize, j: usize| (pre_v[t * 6 + j] - th[j]).abs() < eps / 2.0;
+            let off = (0..30).filter(|&i| in_window(i / 6, i % 6) && pre_v[i] <= th[i % 6]);
+            let on = (0..30).filter(|&i| in_window(i / 6, i % 6) && pre_v[i] > th[i % 6]);
+            assert!(off.count() > 0 && on.count() > 0, "eps {eps}");
+            hyper.bandwidth = Some(f64::from(eps));
+            for sparse in [0.0, 1.0] {
+                let knobs = StepKnobs {
+                    sparsity: l0,
+                    sparse_max_density: sparse,
+                };
+                let got = pass(Arch::JumpRelu, &hyper, &p, &p.b_dec, &xs, knobs, None).unwrap();
+                let loss = jumprelu_loss_f64(&weights, &theta64, &xs, l0);
+                let got_loss = got.stats.double_value(&[0]);
+                assert!(
+                    (loss - got_loss).abs() < 1e-5 * loss,
+                    "{loss} vs {got_loss}"
+                );
+                // Central differences of the f64 loss; no pre-activation crosses its threshold
+                // within h (the nearest is 0.01 away).
+                let h = 1e-6;
+                for (i, g) in got.grads.iter().enumerate() {
+                    let n = weights[i].numel();
+                    let mut fd = vec![0.0f64; n];
+                    for (e, slot) in fd.iter_mut().enumerate() {
+                        let bump = |s: f64| {
+                            let w = weights.each_ref().map(|t| t.copy());
+                            let flat = w[i].view([-1]);
+                            let _ = flat.get(e as i64).f_add_scalar_(s * h).unwrap();
+                            jumprelu_loss_f64(&w, &theta64, &xs, l0)
+                        };
+                        *slot = (bump(1.0) - bump(-1.0)) / (2.0 * h);
+                    }
+                    let mut want = Tensor::from_slice(&fd).view(weights[i].size().as_slice());
+                    if i == 2 {
+                        // The unit-norm decoder's gradient is projected onto the rows' tangents.
+                        let w = &weights[2];
+                        want = &want - w * (&want * w).sum_dim_intlist(1i64, true, Kind::Double);
+                    }
+                    let g = g.to_kind(Kind::Double);
+                    let diff = (&want - &g).abs().max().double_value(&[]);
+                    let scale = want.abs().max().double_value(&[]).max(1e-6);
+                    assert!(
+                        diff <= 1e-3 * scale,
+                        "eps {eps} sparse {sparse} gradient {i}: diff {diff} at scale {scale}"
+                    );
+                }
+                // The threshold's pseudo-gradient, entry by entry from the formula.
+                let x_hat =
+                    (&pre * pre.gt_tensor(&theta).to_kind(Kind::Float)).mm(&p.w_dec) + &p.b_dec;
+                let g_xhat = (x_hat - &xs) * (2.0 / 20.0);
+                let g_z: Vec<f32> = Vec::try_from(&g_xhat.mm(&p.w_dec.tr()).view([-1])).unwrap();
+                let got_g: Vec<f32> = Vec::try_from(got.g_log_threshold.as_ref().unwrap()).unwrap();
+                let e = f64::from(eps);
+                for j in 0..6 {
+                    let t_j = f64::from(th[j]);
+                    let mut want = 0.0;
+                    for t in (0..5).filter(|&t| in_window(t, j)) {
+                        want += -(t_j / e) * f64::from(g_z[t * 6 + j]) - l0 / (5.0 * e);
+                    }
+                    want *= t_j;
+                    let got = f64::from(got_g[j]);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1e-3),
+                        "eps {eps} sparse {sparse} feature {j}: {got} vs {want}"
                     );
                 }
             }

@@ -26,16 +26,23 @@ pub enum Arch {
     /// threshold (running mean of the smallest kept activation) replaces the batch rule.
     #[serde(rename = "batchtopk")]
     BatchTopK,
+    /// JumpReLU (Rajamanoharan et al. 2024): `pre * H(pre - theta)` with a learned threshold
+    /// `theta = exp(log_threshold)` per feature, loss MSE + `l0_coefficient * L0`, the
+    /// threshold's gradient by a straight-through estimator with a rectangle kernel of width
+    /// `bandwidth`; unit-norm decoder rows as `relu-l1`.
+    #[serde(rename = "jumprelu")]
+    JumpRelu,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [
+    pub const ALL: [Arch; 5] = [
         Arch::ReluL1Faithful,
         Arch::ReluL1,
         Arch::TopK,
         Arch::BatchTopK,
+        Arch::JumpRelu,
     ];
-    const NAMES: &'static str = "relu-l1-faithful, relu-l1, topk, batchtopk";
+    const NAMES: &'static str = "relu-l1-faithful, relu-l1, topk, batchtopk, jumprelu";
 
     /// This project's name of the variant (`cfg.json`'s `concord_architecture`).
     pub fn name(self) -> &'static str {
@@ -44,6 +51,7 @@ impl Arch {
             Arch::ReluL1 => "relu-l1",
             Arch::TopK => "topk",
             Arch::BatchTopK => "batchtopk",
+            Arch::JumpRelu => "jumprelu",
         }
     }
 
@@ -53,6 +61,7 @@ impl Arch {
             Arch::ReluL1Faithful | Arch::ReluL1 => "standard",
             Arch::TopK => "topk",
             Arch::BatchTopK => "batchtopk",
+            Arch::JumpRelu => "jumprelu",
         }
     }
 
@@ -60,6 +69,11 @@ impl Arch {
     /// paying an L1 penalty.
     pub fn uses_k(self) -> bool {
         matches!(self, Arch::TopK | Arch::BatchTopK)
+    }
+
+    /// Whether the loss carries an L1 penalty on the codes (the ReLU variants).
+    pub fn uses_l1(self) -> bool {
+        matches!(self, Arch::ReluL1Faithful | Arch::ReluL1)
     }
 
     /// Whether decoder rows are kept at unit norm (gradient projection + renormalisation).
@@ -109,15 +123,24 @@ pub struct Hyper {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_eps: f64,
-    /// L1 coefficient (ReLU variants); `None` for TopK variants.
+    /// L1 coefficient (ReLU variants); `None` for the others.
     pub l1: Option<f64>,
-    /// Active features per token (TopK variants); `None` for ReLU variants.
+    /// Active features per token (TopK variants); `None` for the others.
     pub k: Option<usize>,
+    /// JumpReLU's sparsity coefficient: the loss is `mse + l0_coefficient * L0`, with the MSE
+    /// a mean over elements and L0 a mean over tokens; `None` for the other variants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l0_coefficient: Option<f64>,
+    /// JumpReLU's kernel width `epsilon`: pre-activations within `epsilon / 2` of a threshold
+    /// give it a gradient; `None` for the other variants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<f64>,
     /// Linear lr warm-up over this fraction of the total steps.
     pub lr_warmup_frac: f64,
     /// Linear lr decay to zero over this final fraction of the total steps.
     pub lr_decay_frac: f64,
-    /// Linear L1 warm-up from zero over this fraction of the total steps.
+    /// Linear warm-up from zero of the sparsity coefficient (L1, or JumpReLU's L0) over this
+    /// fraction of the total steps.
     pub l1_warmup_frac: f64,
     pub b_dec_init: BDecInit,
     /// Weight of the AuxK loss (TopK variants; 0 turns it off).
@@ -151,7 +174,8 @@ pub struct SaeSpec {
 impl SaeSpec {
     /// A spec with the defaults of `arch`: `d_sae = ratio * d_in`, name
     /// `<hook>/<arch>-r<ratio>-i<init_seed>-d<data_seed>`, both seeds 0, k = 32 for TopK
-    /// variants, l1 = 8e-4 for ReLU variants.
+    /// variants, l1 = 8e-4 for ReLU variants, l0_coefficient [`JUMPRELU_L0_COEFFICIENT`] and
+    /// bandwidth [`JUMPRELU_BANDWIDTH`] for JumpReLU.
     pub fn new(
         arch: Arch,
         stream: usize,
@@ -168,6 +192,8 @@ impl SaeSpec {
             adam_eps: 1e-8,
             l1: Some(8e-4),
             k: None,
+            l0_coefficient: None,
+            bandwidth: None,
             lr_warmup_frac: 0.0,
             lr_decay_frac: 0.0,
             l1_warmup_frac: 0.0,
@@ -178,6 +204,18 @@ impl SaeSpec {
         let hyper = match arch {
             Arch::ReluL1Faithful => base,
             Arch::ReluL1 => Hyper {
+                lr_warmup_frac: 0.01,
+                lr_decay_frac: 0.2,
+                l1_warmup_frac: 0.05,
+                b_dec_init: BDecInit::GeometricMedian,
+                ..base
+            },
+            // SAELens's threshold init (0.001) and bandwidth (0.001); the L0 coefficient is
+            // in this crate's units (MSE a mean over elements): see docs/TRAINING.md.
+            Arch::JumpRelu => Hyper {
+                l1: None,
+                l0_coefficient: Some(JUMPRELU_L0_COEFFICIENT),
+                bandwidth: Some(JUMPRELU_BANDWIDTH),
                 lr_warmup_frac: 0.01,
                 lr_decay_frac: 0.2,
                 l1_warmup_frac: 0.05,
@@ -271,32 +309,51 @@ impl SaeSpec {
                 return bad(format!("{what} = {f} must lie in [0, 1]"));
             }
         }
-        if self.arch.uses_k() {
+        let arch = self.arch;
+        if arch.uses_k() {
             match h.k {
                 Some(k) if k >= 1 && k <= self.d_sae => {}
                 k => {
                     return bad(format!(
-                        "{} needs 1 <= k <= d_sae = {}, got {k:?}",
-                        self.arch, self.d_sae
+                        "{arch} needs 1 <= k <= d_sae = {}, got {k:?}",
+                        self.d_sae
                     ));
                 }
             }
-            if h.l1.is_some() {
-                return bad(format!("{} takes k, not an l1 coefficient", self.arch));
-            }
-        } else {
+        } else if h.k.is_some() {
+            return bad(format!("{arch} takes no k (only topk and batchtopk do)"));
+        }
+        if arch.uses_l1() {
             match h.l1 {
                 Some(l1) if l1.is_finite() && l1 >= 0.0 => {}
                 l1 => {
                     return bad(format!(
-                        "{} needs a non-negative l1 coefficient, got {l1:?}",
-                        self.arch
+                        "{arch} needs a non-negative l1 coefficient, got {l1:?}"
                     ));
                 }
             }
-            if h.k.is_some() {
-                return bad(format!("{} takes an l1 coefficient, not k", self.arch));
+        } else if h.l1.is_some() {
+            return bad(format!(
+                "{arch} takes no l1 coefficient (only relu-l1-faithful and relu-l1 do)"
+            ));
+        }
+        if arch == Arch::JumpRelu {
+            match h.l0_coefficient {
+                Some(c) if c.is_finite() && c >= 0.0 => {}
+                c => {
+                    return bad(format!(
+                        "{arch} needs a non-negative l0_coefficient, got {c:?}"
+                    ));
+                }
             }
+            match h.bandwidth {
+                Some(e) if e.is_finite() && e > 0.0 => {}
+                e => return bad(format!("{arch} needs a positive bandwidth, got {e:?}")),
+            }
+        } else if h.l0_coefficient.is_some() || h.bandwidth.is_some() {
+            return bad(format!(
+                "{arch} takes no l0_coefficient or bandwidth (only jumprelu does)"
+            ));
         }
         if !(h.auxk_alpha.is_finite() && h.auxk_alpha >= 0.0) {
             return bad(format!(
@@ -307,6 +364,16 @@ impl SaeSpec {
         Ok(())
     }
 }
+
+/// JumpReLU's default L0 coefficient, in this crate's units (the MSE is a mean over the
+/// `d_in` elements of a row, where SAELens sums them: SAELens's coefficient `c` on
+/// activations scaled to norm `sqrt(d_in)` is `c / d_in` here). docs/TRAINING.md says how it
+/// was chosen.
+pub const JUMPRELU_L0_COEFFICIENT: f64 = 1e-3;
+
+/// JumpReLU's default kernel width and initial threshold (SAELens's defaults).
+pub const JUMPRELU_BANDWIDTH: f64 = 1e-3;
+pub const JUMPRELU_INIT_THRESHOLD: f64 = 1e-3;
 
 /// Options of a training run (not of one SAE).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -399,6 +466,17 @@ mod tests {
         let mut s = SaeSpec::new(Arch::TopK, 0, "blocks.0.hook_mlp_out", "m", 16, 4);
         s.hyper.k = Some(65);
         assert!(s.validate().unwrap_err().to_string().contains("k <= d_sae"));
+        let mut s = SaeSpec::new(Arch::JumpRelu, 0, "h", "m", 16, 4);
+        s.hyper.bandwidth = Some(0.0);
+        assert!(s.validate().unwrap_err().to_string().contains("bandwidth"));
+        let mut s = SaeSpec::new(Arch::ReluL1, 0, "h", "m", 16, 4);
+        s.hyper.l0_coefficient = Some(1.0);
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("l0_coefficient")
+        );
         let mut s = SaeSpec::new(Arch::ReluL1, 0, "h", "m", 16, 4);
         s.name = "../x".into();
         assert!(s.validate().is_err());

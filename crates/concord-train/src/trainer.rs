@@ -130,7 +130,7 @@ impl Trainer {
             .into_iter()
             .map(|spec| {
                 let weights = init_weights(&spec);
-                let params = params_from_weights(&weights, device)?;
+                let params = trainable_params(&spec, &weights, device)?;
                 let mom = Moments::zeros(&params)?;
                 let since_fired = Tensor::f_zeros([spec.d_sae as i64], (Kind::Int64, device))?;
                 let b_dec_ready = spec.hyper.b_dec_init == BDecInit::Zeros;
@@ -160,8 +160,9 @@ impl Trainer {
     }
 
     /// Replaces SAE `index`'s parameters before training starts (e.g. a reference init):
-    /// `W_enc (d_in, d_sae)`, `b_enc`, `W_dec (d_sae, d_in)`, `b_dec`; `b_dec` is then kept
-    /// rather than initialised from the first batch.
+    /// `W_enc (d_in, d_sae)`, `b_enc`, `W_dec (d_sae, d_in)`, `b_dec`, and a JumpReLU SAE's
+    /// `threshold (d_sae)` (positive; without one it keeps its initial thresholds); `b_dec`
+    /// is then kept rather than initialised from the first batch.
     pub fn set_weights(&mut self, index: usize, weights: &SaeWeights) -> Result<()> {
         let step = self.step;
         let device = self.device;
@@ -176,7 +177,11 @@ impl Trainer {
                 ),
             });
         }
-        slot.params = params_from_weights(weights, device)?;
+        let mut params = trainable_params(spec, weights, device)?;
+        if params.log_threshold.is_none() {
+            params.log_threshold = slot.params.log_threshold.take();
+        }
+        slot.params = params;
         slot.meta.b_dec_ready = true;
         Ok(())
     }
@@ -246,7 +251,8 @@ impl Trainer {
                     BDecInit::GeometricMedian => math::geometric_median(xs)?,
                 })
             };
-            let l1 = h.l1.unwrap_or(0.0) * ramp(t, total, h.l1_warmup_frac);
+            let sparsity =
+                h.l1.or(h.l0_coefficient).unwrap_or(0.0) * ramp(t, total, h.l1_warmup_frac);
             let lr = lr_at(h.lr, t, total, h.lr_warmup_frac, h.lr_decay_frac);
             let dead_before = slot.since_fired.f_ge(h.dead_tokens as i64)?;
             let dead = if spec.arch.uses_k() {
@@ -261,7 +267,7 @@ impl Trainer {
                 b_dec.as_ref().unwrap_or(&slot.params.b_dec),
                 xs,
                 StepKnobs {
-                    l1,
+                    sparsity,
                     sparse_max_density: self.opts.sparse_max_density,
                 },
                 dead,
@@ -325,6 +331,7 @@ impl Trainer {
                 &mut slot.params,
                 &mut slot.mom,
                 &mut p.pass.grads,
+                p.pass.g_log_threshold.as_mut(),
                 &spec.hyper,
                 p.lr,
                 t + 1,
@@ -582,7 +589,30 @@ pub(crate) fn params_from_weights(w: &SaeWeights, device: Device) -> Result<Para
         b_enc: t(&w.b_enc, &[d_sae])?,
         w_dec: t(&w.w_dec, &[d_sae, d_in])?,
         b_dec: t(&w.b_dec, &[d_in])?,
+        log_threshold: None,
     })
+}
+
+/// The parameters `spec` trains, from `w`: a JumpReLU SAE's thresholds become
+/// `log_threshold` (an error when one is not positive); other SAEs ignore `w.threshold`.
+fn trainable_params(spec: &SaeSpec, w: &SaeWeights, device: Device) -> Result<Params> {
+    let mut p = params_from_weights(w, device)?;
+    if spec.arch == Arch::JumpRelu
+        && let Some(th) = &w.threshold
+    {
+        if let Some(bad) = th.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::InvalidSpec {
+                sae: spec.name.clone(),
+                reason: format!(
+                    "threshold {bad} is {}: jumprelu thresholds must be positive",
+                    th[bad]
+                ),
+            });
+        }
+        let th = Tensor::f_from_slice(th)?.f_to_device(device)?;
+        p.log_threshold = Some(th.f_log()?);
+    }
+    Ok(p)
 }
 
 pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -610,8 +640,12 @@ fn export(slot: &Slot) -> Result<Sae> {
         b_enc: to_vec(&p.b_enc)?,
         w_dec: to_vec(&w_dec)?,
         b_dec: to_vec(&p.b_dec)?,
-        threshold: (spec.arch == Arch::BatchTopK)
-            .then(|| vec![m.threshold.unwrap_or(0.0) as f32; spec.d_sae]),
+        // JumpReLU saves theta itself (SAELens's `threshold`), not its logarithm.
+        threshold: match (&p.log_threshold, spec.arch) {
+            (Some(log_th), Arch::JumpRelu) => Some(to_vec(&log_th.f_exp()?)?),
+            (_, Arch::BatchTopK) => Some(vec![m.threshold.unwrap_or(0.0) as f32; spec.d_sae]),
+            _ => None,
+        },
     };
     let mut extra = serde_json::Map::new();
     extra.insert(

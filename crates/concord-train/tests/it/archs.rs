@@ -2,7 +2,7 @@
 //! training progress, the one-pass grid, and the folders written.
 
 use concord_core::sae::Sae;
-use concord_train::{Arch, Batch, SaeSpec, TrainOptions, Trainer};
+use concord_train::{Arch, Batch, SaeModel, SaeSpec, TrainOptions, Trainer, evaluate};
 
 use crate::util::{synthetic, tempdir};
 
@@ -75,6 +75,7 @@ fn decoders_are_unit_norm_where_constrained_and_stored_normalised() {
         spec(Arch::ReluL1, 2, 0),
         spec(Arch::ReluL1Faithful, 2, 0),
         spec(Arch::TopK, 2, 0),
+        spec(Arch::JumpRelu, 2, 0),
     ];
     let mut t = Trainer::new(
         specs,
@@ -85,7 +86,7 @@ fn decoders_are_unit_norm_where_constrained_and_stored_normalised() {
     )
     .unwrap();
     train(&mut t, &data, 20);
-    for i in 0..3 {
+    for i in 0..4 {
         let sae = t.sae(i).unwrap();
         for (r, row) in sae.weights.w_dec.chunks_exact(D).enumerate() {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -248,4 +249,73 @@ fn grid_of_two_streams_writes_saelens_folders() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn jumprelu_learns_sparse_codes_and_moves_its_thresholds() {
+    // About 3 of 32 ground-truth directions are active per row. Adam moves `ln(theta)` by
+    // about lr per step, so leaving the 0.001 start within 300 steps takes a larger lr than
+    // the default, and a kernel window (0.1) matched to pre-activations of order 0.5.
+    let data = synthetic(13, 4096, D);
+    let mut s = spec(Arch::JumpRelu, 4, 0);
+    s.hyper.lr = 3e-2;
+    s.hyper.l0_coefficient = Some(1e-2);
+    s.hyper.bandwidth = Some(0.1);
+    let steps = 300;
+    let mut t = Trainer::new(
+        vec![s],
+        TrainOptions {
+            total_steps: Some(steps as u64),
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
+    let init = t.sae(0).unwrap().weights.threshold.unwrap();
+    assert!(
+        init.iter().all(|&v| (v - 1e-3).abs() < 1e-9),
+        "{:?}",
+        &init[..4]
+    );
+    let stats: Vec<_> = train(&mut t, &data, steps)
+        .into_iter()
+        .map(|s| s.saes[0].clone())
+        .collect();
+    let (first, last) = (&stats[0], &stats[steps - 1]);
+    let d_sae = (4 * D) as f64;
+    assert!(
+        last.loss < 0.25 * first.loss,
+        "loss {} -> {}",
+        first.loss,
+        last.loss
+    );
+    assert!(
+        last.l0 < d_sae / 8.0 && last.l0 < first.l0 / 3.0,
+        "L0 {} -> {} of {d_sae}",
+        first.l0,
+        last.l0
+    );
+    let sae = t.sae(0).unwrap();
+    assert_eq!(sae.cfg.architecture, "jumprelu");
+    let th = sae.weights.threshold.clone().unwrap();
+    let mean = th.iter().sum::<f32>() / th.len() as f32;
+    assert!(
+        th.iter().all(|v| v.is_finite() && *v > 0.0) && mean > 0.01,
+        "thresholds: mean {mean}"
+    );
+    // A consumer applies the thresholds: the saved SAE encodes as sparsely as training saw,
+    // and the same weights read as a ReLU SAE are far denser.
+    let eval = |sae: &Sae| {
+        let model = SaeModel::from_sae(sae, tch::Device::Cpu).unwrap();
+        evaluate(&model, data.chunks(BATCH * D)).unwrap()
+    };
+    let jump = eval(&sae);
+    assert!(
+        jump.l0 < d_sae / 8.0 && jump.fvu < 0.2,
+        "{} {}",
+        jump.l0,
+        jump.fvu
+    );
+    let mut relu = sae.clone();
+    relu.cfg.architecture = "standard".into();
+    assert!(eval(&relu).l0 > 2.0 * jump.l0);
 }

@@ -21,7 +21,7 @@ pub struct Args {
     /// read in lockstep.
     #[arg(long, value_delimiter = ',', required = true)]
     acts: Vec<PathBuf>,
-    /// relu-l1-faithful (the study's SAE), relu-l1, topk or batchtopk.
+    /// relu-l1-faithful (the study's SAE), relu-l1, topk, batchtopk or jumprelu.
     #[arg(long)]
     arch: String,
     /// Dictionary ratios (features per input dimension), comma-separated.
@@ -36,6 +36,13 @@ pub struct Args {
     /// L1 coefficient (relu-l1-faithful, relu-l1; default 8e-4, the study's).
     #[arg(long)]
     l1: Option<f64>,
+    /// L0 coefficient (jumprelu; default 1e-3): the loss is MSE (a mean over elements) plus
+    /// this times the mean number of active features per token.
+    #[arg(long)]
+    l0_coefficient: Option<f64>,
+    /// Width of JumpReLU's kernel for the threshold's gradient (jumprelu; default 0.001).
+    #[arg(long)]
+    bandwidth: Option<f64>,
     /// Adam learning rate (default per architecture: 1e-3 for ReLU SAEs).
     #[arg(long)]
     lr: Option<f64>,
@@ -145,13 +152,33 @@ pub fn run(args: &Args) -> Result<()> {
                     spec.hyper.k = Some(k);
                 }
                 if let Some(l1) = args.l1 {
-                    if arch.uses_k() {
+                    if !arch.uses_l1() {
                         bail!(
-                            "--l1 applies to relu-l1-faithful and relu-l1, not {}",
-                            arch.name()
+                            "--l1 applies to relu-l1-faithful and relu-l1, not {}{}",
+                            arch.name(),
+                            if arch == Arch::JumpRelu {
+                                " (its sparsity coefficient is --l0-coefficient)"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     spec.hyper.l1 = Some(l1);
+                }
+                for (flag, value, slot) in [
+                    (
+                        "--l0-coefficient",
+                        args.l0_coefficient,
+                        &mut spec.hyper.l0_coefficient,
+                    ),
+                    ("--bandwidth", args.bandwidth, &mut spec.hyper.bandwidth),
+                ] {
+                    if let Some(v) = value {
+                        if arch != Arch::JumpRelu {
+                            bail!("{flag} applies to jumprelu, not {}", arch.name());
+                        }
+                        *slot = Some(v);
+                    }
                 }
                 if let Some(lr) = args.lr {
                     spec.hyper.lr = lr;

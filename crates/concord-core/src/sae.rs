@@ -28,8 +28,8 @@ pub struct SaeConfig {
     pub architecture: String,
     pub hook_name: String,
     pub model_name: String,
-    /// This project's variant (`relu-l1-faithful`, `relu-l1`, `topk`, `batchtopk`), when the
-    /// SAE was trained here.
+    /// This project's variant (`relu-l1-faithful`, `relu-l1`, `topk`, `batchtopk`,
+    /// `jumprelu`), when the SAE was trained here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concord_architecture: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

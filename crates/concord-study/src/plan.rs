@@ -590,9 +590,11 @@ fn train_step(
         text("--shuffle"),
         text(&study.train.shuffle),
     ];
+    // TopK SAEs take the study's k, ReLU SAEs its L1 coefficient; JumpReLU SAEs train with
+    // the trainer's default L0 coefficient and bandwidth.
     if arch.contains("topk") {
         args.extend([text("--k"), text(study.train.k)]);
-    } else {
+    } else if arch != "jumprelu" {
         args.extend([text("--l1"), text(study.train.l1)]);
     }
     if let Some(h) = run.half {

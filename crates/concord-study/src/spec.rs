@@ -251,7 +251,13 @@ fn default_data_seeds() -> Vec<DataSeed> {
 }
 
 /// The architectures `concord train --arch` knows.
-pub const ARCHS: [&str; 4] = ["relu-l1-faithful", "relu-l1", "topk", "batchtopk"];
+pub const ARCHS: [&str; 5] = [
+    "relu-l1-faithful",
+    "relu-l1",
+    "topk",
+    "batchtopk",
+    "jumprelu",
+];
 /// The hook kinds of `concord_core::HookKind`, as written after `blocks.{L}.`.
 const HOOKS: [&str; 5] = [
     "hook_resid_pre",

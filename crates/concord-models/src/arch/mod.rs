@@ -230,6 +230,23 @@ pub(crate) fn gelu(mut xs: Tensor, tanh: bool) -> Result<Tensor> {
     Ok(xs.f_gelu_(if tanh { "tanh" } else { "none" })?)
 }
 
+/// A LayerNorm's parameters, `(d_model)` each (GPT-NeoX, GPT-2).
+#[derive(Debug)]
+pub(crate) struct Norm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Norm {
+    /// A second handle on the same parameters (shallow clones: no copy).
+    pub fn replica(&self) -> Norm {
+        Norm {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+        }
+    }
+}
+
 /// The GELU MLP of GPT-NeoX and GPT-2, block `l`: `fc` (in), GELU (`blocks.{l}.mlp.hook_post`),
 /// `proj` (out, `blocks.{l}.hook_mlp_out`); weights `(out, in)` with biases.
 pub(crate) fn gelu_mlp(

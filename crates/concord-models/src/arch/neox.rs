@@ -5,25 +5,10 @@
 use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
-use super::{AttnCtx, HookCtx, gelu_mlp, layer_norm, linear, merge_heads};
+use super::{AttnCtx, HookCtx, Norm, gelu_mlp, layer_norm, linear, merge_heads};
 use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
-
-#[derive(Debug)]
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Norm {
-    fn replica(&self) -> Norm {
-        Norm {
-            weight: self.weight.shallow_clone(),
-            bias: self.bias.shallow_clone(),
-        }
-    }
-}
 
 #[derive(Debug)]
 pub(crate) struct Block {

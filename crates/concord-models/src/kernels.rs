@@ -199,14 +199,62 @@ fn numel(xs: &Tensor) -> usize {
     xs.size().iter().product::<i64>().max(0) as usize
 }
 
+/// The pointer of an optional second input: `Some(None)` when there is none, `None` when it
+/// is there but not a contiguous CPU tensor of kind `E` (the kernel does not apply).
+fn optional_ptr<E: Elem>(ys: Option<&Tensor>) -> Option<Option<Ptr<E>>> {
+    match ys {
+        Some(ys) => ptr::<E>(ys).map(Some),
+        None => Some(None),
+    }
+}
+
+/// A norm's input rows: `x`, or `x + y` rounded to the dtype as libtorch's add (written to
+/// `sum` when given).
+struct Residual<E> {
+    x: Ptr<E>,
+    y: Option<Ptr<E>>,
+    sum: Option<Ptr<E>>,
+}
+
+impl<E: Elem> Residual<E> {
+    /// Loads row `r` (`d` values) into `buf` as f32.
+    #[inline(always)]
+    fn load(&self, r: usize, d: usize, buf: &mut [f32]) {
+        // SAFETY: row `r` exists in every tensor; `sum` is a fresh tensor written by rows
+        // disjoint per call.
+        let x = unsafe { std::slice::from_raw_parts(self.x.0.add(r * d), d) };
+        match self.y {
+            Some(y) => {
+                // SAFETY: as above.
+                let y = unsafe { std::slice::from_raw_parts(y.0.add(r * d), d) };
+                if let Some(sum) = self.sum {
+                    // SAFETY: as above.
+                    let s = unsafe { std::slice::from_raw_parts_mut(sum.0.add(r * d), d) };
+                    for i in 0..d {
+                        let v = E::store(x[i].load() + y[i].load());
+                        s[i] = v;
+                        buf[i] = v.load();
+                    }
+                } else {
+                    for i in 0..d {
+                        buf[i] = E::store(x[i].load() + y[i].load()).load();
+                    }
+                }
+            }
+            None => {
+                for i in 0..d {
+                    buf[i] = x[i].load();
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // RMSNorm, with or without a residual add in front.
 
 struct RmsNorm<E> {
-    /// `Some(y)`: the input is `x + y`, rounded, and written to `sum`.
-    x: Ptr<E>,
-    y: Option<Ptr<E>>,
-    sum: Option<Ptr<E>>,
+    input: Residual<E>,
     w: Ptr<E>,
     out: Ptr<E>,
     d: usize,
@@ -221,26 +269,9 @@ impl<E: Elem> Rows for RmsNorm<E> {
         let w = unsafe { std::slice::from_raw_parts(self.w.0, d) };
         let mut buf = vec![0f32; d];
         for r in range {
-            // SAFETY: row `r` exists in every tensor; `out` and `sum` are fresh tensors.
-            let x = unsafe { std::slice::from_raw_parts(self.x.0.add(r * d), d) };
+            // SAFETY: row `r` exists in `out`, a fresh tensor.
             let out = unsafe { std::slice::from_raw_parts_mut(self.out.0.add(r * d), d) };
-            match (self.y, self.sum) {
-                (Some(y), Some(sum)) => {
-                    // SAFETY: as above.
-                    let y = unsafe { std::slice::from_raw_parts(y.0.add(r * d), d) };
-                    let s = unsafe { std::slice::from_raw_parts_mut(sum.0.add(r * d), d) };
-                    for i in 0..d {
-                        let v = E::store(x[i].load() + y[i].load());
-                        s[i] = v;
-                        buf[i] = v.load();
-                    }
-                }
-                _ => {
-                    for i in 0..d {
-                        buf[i] = x[i].load();
-                    }
-                }
-            }
+            self.input.load(r, d, &mut buf);
             let var = sum_squares(&buf) / d as f32;
             let rstd = 1.0 / (var + self.eps).sqrt();
             for i in 0..d {
@@ -298,12 +329,8 @@ fn rms_norm_typed<E: Elem>(
     if d == 0 || numel(w) != d {
         return Ok(None);
     }
-    let y = match ys {
-        Some(ys) => match ptr::<E>(ys) {
-            Some(p) => Some(p),
-            None => return Ok(None),
-        },
-        None => None,
+    let Some(y) = optional_ptr::<E>(ys) else {
+        return Ok(None);
     };
     let out = xs.f_empty_like()?;
     let sum = match ys {
@@ -311,9 +338,11 @@ fn rms_norm_typed<E: Elem>(
         None => None,
     };
     let k = RmsNorm {
-        x,
-        y,
-        sum: sum.as_ref().and_then(ptr::<E>),
+        input: Residual {
+            x,
+            y,
+            sum: sum.as_ref().and_then(ptr::<E>),
+        },
         w: wp,
         out: ptr::<E>(&out).expect("a fresh contiguous tensor"),
         d,
@@ -387,8 +416,7 @@ fn silu_mul_typed<E: Elem>(gu: &Tensor) -> Result<Option<Tensor>> {
 // LayerNorm, with or without a residual add in front.
 
 struct LayerNorm<E> {
-    x: Ptr<E>,
-    y: Option<Ptr<E>>,
+    input: Residual<E>,
     w: Ptr<E>,
     b: Ptr<E>,
     out: Ptr<E>,
@@ -406,23 +434,9 @@ impl<E: Elem> Rows for LayerNorm<E> {
         let mut buf = vec![0f32; d];
         let mut dev = vec![0f32; d];
         for r in range {
-            // SAFETY: row `r` exists in every tensor; `out` is fresh.
-            let x = unsafe { std::slice::from_raw_parts(self.x.0.add(r * d), d) };
+            // SAFETY: row `r` exists in `out`, a fresh tensor.
             let out = unsafe { std::slice::from_raw_parts_mut(self.out.0.add(r * d), d) };
-            match self.y {
-                Some(y) => {
-                    // SAFETY: as above.
-                    let y = unsafe { std::slice::from_raw_parts(y.0.add(r * d), d) };
-                    for i in 0..d {
-                        buf[i] = E::store(x[i].load() + y[i].load()).load();
-                    }
-                }
-                None => {
-                    for i in 0..d {
-                        buf[i] = x[i].load();
-                    }
-                }
-            }
+            self.input.load(r, d, &mut buf);
             let mean = sum(&buf) / d as f32;
             for i in 0..d {
                 dev[i] = buf[i] - mean;
@@ -471,17 +485,12 @@ fn layer_norm_typed<E: Elem>(
     if d == 0 || numel(w) != d || numel(b) != d {
         return Ok(None);
     }
-    let y = match ys {
-        Some(ys) => match ptr::<E>(ys) {
-            Some(p) => Some(p),
-            None => return Ok(None),
-        },
-        None => None,
+    let Some(y) = optional_ptr::<E>(ys) else {
+        return Ok(None);
     };
     let out = xs.f_empty_like()?;
     let k = LayerNorm {
-        x,
-        y,
+        input: Residual { x, y, sum: None },
         w: wp,
         b: bp,
         out: ptr::<E>(&out).expect("a fresh contiguous tensor"),

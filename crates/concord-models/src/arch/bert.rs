@@ -5,12 +5,13 @@
 use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
-use super::{AttnCtx, HookCtx, add_layer_norm, gelu, layer_norm, linear, merge_heads, split_heads};
+use super::{
+    AttnCtx, HookCtx, Lin, add_layer_norm, gelu, layer_norm, linear, merge_heads, replica_lin,
+    split_heads,
+};
 use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
-
-type Lin = (Tensor, Tensor);
 
 #[derive(Debug)]
 pub(crate) struct Block {
@@ -114,7 +115,7 @@ impl Bert {
 
     /// A second handle on the same weights (shallow clones: no copy).
     pub fn replica(&self) -> Bert {
-        let lin = |l: &Lin| (l.0.shallow_clone(), l.1.shallow_clone());
+        let lin = replica_lin;
         Bert {
             cfg: self.cfg.clone(),
             word_embeddings: self.word_embeddings.shallow_clone(),

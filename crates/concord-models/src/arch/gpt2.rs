@@ -11,13 +11,13 @@
 use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
-use super::{AttnCtx, HookCtx, Norm, gelu_mlp, layer_norm, linear, merge_heads, split_heads};
+use super::{
+    AttnCtx, HookCtx, Lin, Norm, gelu_mlp, layer_norm, linear, merge_heads, replica_lin,
+    split_heads,
+};
 use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
-
-/// A projection: weight `(out, in)`, bias `(out)`.
-type Lin = (Tensor, Tensor);
 
 #[derive(Debug)]
 pub(crate) struct Block {
@@ -113,7 +113,7 @@ impl Gpt2 {
 
     /// A second handle on the same weights (shallow clones: no copy).
     pub fn replica(&self) -> Gpt2 {
-        let lin = |l: &Lin| (l.0.shallow_clone(), l.1.shallow_clone());
+        let lin = replica_lin;
         Gpt2 {
             cfg: self.cfg.clone(),
             wte: self.wte.shallow_clone(),

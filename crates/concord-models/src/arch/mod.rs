@@ -230,6 +230,14 @@ pub(crate) fn gelu(mut xs: Tensor, tanh: bool) -> Result<Tensor> {
     Ok(xs.f_gelu_(if tanh { "tanh" } else { "none" })?)
 }
 
+/// A projection with its bias: weight `(out, in)`, bias `(out)`.
+pub(crate) type Lin = (Tensor, Tensor);
+
+/// A second handle on a projection's parameters (shallow clones: no copy).
+pub(crate) fn replica_lin(l: &Lin) -> Lin {
+    (l.0.shallow_clone(), l.1.shallow_clone())
+}
+
 /// A LayerNorm's parameters, `(d_model)` each (GPT-NeoX, GPT-2).
 #[derive(Debug)]
 pub(crate) struct Norm {
@@ -252,7 +260,7 @@ impl Norm {
 pub(crate) fn gelu_mlp(
     l: usize,
     xs: &Tensor,
-    (fc, proj): (&(Tensor, Tensor), &(Tensor, Tensor)),
+    (fc, proj): (&Lin, &Lin),
     tanh: bool,
     hooks: &mut HookCtx<'_>,
 ) -> Result<Tensor> {

@@ -5,7 +5,7 @@
 use concord_core::HookKind;
 use tch::{Kind, Tensor};
 
-use super::{AttnCtx, HookCtx, Norm, gelu_mlp, layer_norm, linear, merge_heads};
+use super::{AttnCtx, HookCtx, Lin, Norm, gelu_mlp, layer_norm, linear, merge_heads, replica_lin};
 use crate::Result;
 use crate::config::ModelConfig;
 use crate::weights::Weights;
@@ -15,10 +15,10 @@ pub(crate) struct Block {
     input_layernorm: Norm,
     post_attention_layernorm: Norm,
     /// `(3 * d_model, d_model)`, rows grouped per head as `[q, k, v]`.
-    query_key_value: (Tensor, Tensor),
-    dense: (Tensor, Tensor),
-    dense_h_to_4h: (Tensor, Tensor),
-    dense_4h_to_h: (Tensor, Tensor),
+    query_key_value: Lin,
+    dense: Lin,
+    dense_h_to_4h: Lin,
+    dense_4h_to_h: Lin,
 }
 
 #[derive(Debug)]
@@ -42,7 +42,7 @@ impl Neox {
         let prep = |t: Tensor| -> Result<Tensor> {
             Ok(t.f_to_kind(kind)?.f_to_device(device)?.f_contiguous()?)
         };
-        let mut lin = |name: String, out: i64, inp: i64| -> Result<(Tensor, Tensor)> {
+        let mut lin = |name: String, out: i64, inp: i64| -> Result<Lin> {
             Ok((
                 prep(w.take(&format!("{name}.weight"), &[out, inp])?)?,
                 prep(w.take(&format!("{name}.bias"), &[out])?)?,
@@ -95,7 +95,7 @@ impl Neox {
 
     /// A second handle on the same weights (shallow clones: no copy).
     pub fn replica(&self) -> Neox {
-        let lin = |l: &(Tensor, Tensor)| (l.0.shallow_clone(), l.1.shallow_clone());
+        let lin = replica_lin;
         Neox {
             cfg: self.cfg.clone(),
             embed_in: self.embed_in.shallow_clone(),

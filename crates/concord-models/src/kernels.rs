@@ -223,30 +223,40 @@ impl<E: Elem> Residual<E> {
         // SAFETY: row `r` exists in every tensor; `sum` is a fresh tensor written by rows
         // disjoint per call.
         let x = unsafe { std::slice::from_raw_parts(self.x.0.add(r * d), d) };
+        let buf = &mut buf[..d];
         match self.y {
             Some(y) => {
                 // SAFETY: as above.
                 let y = unsafe { std::slice::from_raw_parts(y.0.add(r * d), d) };
+                for ((b, x), y) in buf.iter_mut().zip(x).zip(y) {
+                    *b = round::<E>(x.load() + y.load());
+                }
                 if let Some(sum) = self.sum {
                     // SAFETY: as above.
                     let s = unsafe { std::slice::from_raw_parts_mut(sum.0.add(r * d), d) };
-                    for i in 0..d {
-                        let v = E::store(x[i].load() + y[i].load());
-                        s[i] = v;
-                        buf[i] = v.load();
-                    }
-                } else {
-                    for i in 0..d {
-                        buf[i] = E::store(x[i].load() + y[i].load()).load();
-                    }
+                    store_row(buf, s);
                 }
             }
             None => {
-                for i in 0..d {
-                    buf[i] = x[i].load();
+                for (b, x) in buf.iter_mut().zip(x) {
+                    *b = x.load();
                 }
             }
         }
+    }
+}
+
+/// `x` rounded to the element type and back (exact for f32).
+#[inline(always)]
+fn round<E: Elem>(x: f32) -> f32 {
+    E::store(x).load()
+}
+
+/// Stores f32 values to the element type: a plain map, one vector loop.
+#[inline(always)]
+fn store_row<E: Elem>(src: &[f32], dst: &mut [E]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = E::store(s);
     }
 }
 
@@ -274,10 +284,10 @@ impl<E: Elem> Rows for RmsNorm<E> {
             self.input.load(r, d, &mut buf);
             let var = sum_squares(&buf) / d as f32;
             let rstd = 1.0 / (var + self.eps).sqrt();
-            for i in 0..d {
-                let normed = E::store(buf[i] * rstd).load();
-                out[i] = E::store(w[i].load() * normed);
+            for (b, w) in buf.iter_mut().zip(w) {
+                *b = w.load() * round::<E>(*b * rstd);
             }
+            store_row(&buf, out);
         }
     }
 }
@@ -445,9 +455,10 @@ impl<E: Elem> Rows for LayerNorm<E> {
             let scale = 1.0 / (var + self.eps).sqrt();
             let bias = -mean * scale;
             // libtorch's `(x * scale + bias) * gamma + beta`, without FMA.
-            for i in 0..d {
-                out[i] = E::store((buf[i] * scale + bias) * w[i].load() + b[i].load());
+            for ((x, w), b) in buf.iter_mut().zip(w).zip(b) {
+                *x = (*x * scale + bias) * w.load() + b.load();
             }
+            store_row(&buf, out);
         }
     }
 }
@@ -538,11 +549,17 @@ impl<E: Elem> Rows for Rope<E> {
                         hd,
                     )
                 };
-                // [x2, x1] * [-sin, sin] (rounded, as `mul_`), then + x * cos (`addcmul_`).
-                for i in 0..hd {
-                    let rot = if i < half { xh[i + half] } else { xh[i - half] };
-                    let a = E::store(rot.load() * sin[i].load()).load();
-                    out[i] = E::store(a + xh[i].load() * cos[i].load());
+                // [x2, x1] * [-sin, sin] (rounded, as `mul_`), then + x * cos (`addcmul_`):
+                // one vector loop per half.
+                let (x1, x2) = xh.split_at(half);
+                let (o1, o2) = out.split_at_mut(half);
+                for (o, x, rot, s, c) in [(o1, x1, x2, 0), (o2, x2, x1, half)]
+                    .map(|(o, x, rot, at)| (o, x, rot, &sin[at..at + half], &cos[at..at + half]))
+                {
+                    for ((((o, x), rot), s), c) in o.iter_mut().zip(x).zip(rot).zip(s).zip(c) {
+                        let a = round::<E>(rot.load() * s.load());
+                        *o = E::store(a + x.load() * c.load());
+                    }
                 }
             }
         }

@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=int(os.environ.get("CONCORD_BENCH_HARVEST_TOKENS", 16384)))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="run the cases whose model and dtype contain this, "
+                    "e.g. 'smollm2-135m bfloat16'")
     args = ap.parse_args()
     if args.tokens <= 0:
         return
@@ -73,6 +75,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="concord-harvest-bench-") as tmp:
         scratch = Path(tmp)
         for model, hook, depth, dtype in CASES:
+            if not all(w in f"{model} {dtype}" for w in args.only.split()):
+                continue
             best_ours = float("inf")
             best_peer = None
             for _ in range(args.rounds):

@@ -181,11 +181,101 @@ struct AEntry {
     value: f32,
 }
 
-/// A pending nonzero of `b`.
+/// A pending nonzero of `b`: 8 bytes, or 6 (a 16-bit feature index, unaligned value) when
+/// `b` has at most 65,536 features. The multiply reads a row of them per nonzero of `a`, from
+/// wherever the row sits in memory: that read is its cost, so its bytes count.
+trait BEntry: Copy + Send + Sync {
+    fn new(feature: u32, value: f32) -> Self;
+    fn feature(self) -> usize;
+    fn value(self) -> f32;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct BEntry {
+struct BEntry32 {
     feature: u32,
     value: f32,
+}
+
+impl BEntry for BEntry32 {
+    #[inline(always)]
+    fn new(feature: u32, value: f32) -> Self {
+        BEntry32 { feature, value }
+    }
+    #[inline(always)]
+    fn feature(self) -> usize {
+        self.feature as usize
+    }
+    #[inline(always)]
+    fn value(self) -> f32 {
+        self.value
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, packed)]
+struct BEntry16 {
+    feature: u16,
+    value: f32,
+}
+
+impl BEntry for BEntry16 {
+    #[inline(always)]
+    fn new(feature: u32, value: f32) -> Self {
+        BEntry16 {
+            feature: feature as u16,
+            value,
+        }
+    }
+    #[inline(always)]
+    fn feature(self) -> usize {
+        self.feature as usize
+    }
+    #[inline(always)]
+    fn value(self) -> f32 {
+        self.value
+    }
+}
+
+/// The pending nonzeros of `b`, in the entry size `b`'s width allows.
+#[derive(Clone, Debug, PartialEq)]
+enum BEntries {
+    Narrow(Vec<BEntry16>),
+    Wide(Vec<BEntry32>),
+}
+
+impl BEntries {
+    fn new(n_b: usize) -> BEntries {
+        if n_b <= 1 << 16 {
+            BEntries::Narrow(Vec::new())
+        } else {
+            BEntries::Wide(Vec::new())
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            BEntries::Narrow(v) => size_of_val(v.as_slice()),
+            BEntries::Wide(v) => size_of_val(v.as_slice()),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            BEntries::Narrow(v) => v.clear(),
+            BEntries::Wide(v) => v.clear(),
+        }
+    }
+
+    /// Appends a batch's nonzeros (features already checked against `n_b`).
+    fn extend(&mut self, features: &[u32], values: &[f32]) {
+        fn push<E: BEntry>(v: &mut Vec<E>, features: &[u32], values: &[f32]) {
+            v.extend(features.iter().zip(values).map(|(&j, &x)| E::new(j, x)));
+        }
+        match self {
+            BEntries::Narrow(v) => push(v, features, values),
+            BEntries::Wide(v) => push(v, features, values),
+        }
+    }
 }
 
 /// Batches added but not yet multiplied: `a`'s nonzeros by feature, in token order; `b` as
@@ -198,7 +288,7 @@ struct Pending {
     a_len: usize,
     /// `(pending tokens + 1)`.
     b_ptr: Vec<usize>,
-    b: Vec<BEntry>,
+    b: BEntries,
 }
 
 impl Pending {
@@ -212,7 +302,7 @@ impl Pending {
             a: vec![Vec::new(); n_a],
             a_len: 0,
             b_ptr: vec![0],
-            b: Vec::new(),
+            b: BEntries::new(n_b),
         }
     }
 
@@ -225,9 +315,7 @@ impl Pending {
     }
 
     fn bytes(&self) -> usize {
-        self.a_len * size_of::<AEntry>()
-            + self.b.len() * size_of::<BEntry>()
-            + self.b_ptr.len() * size_of::<usize>()
+        self.a_len * size_of::<AEntry>() + self.b.bytes() + self.b_ptr.len() * size_of::<usize>()
     }
 
     fn is_empty(&self) -> bool {
@@ -257,48 +345,56 @@ impl Pending {
     /// row of sums stays in L1 while its nonzeros are scattered into it), with the rows of
     /// `b` needed a few nonzeros later prefetched (they are where the time goes).
     fn multiply(&self, blk: usize, tile: &mut [f64], n_b: usize) {
-        let r0 = blk << self.shift;
-        let lists = &self.a[r0..(r0 + self.rows()).min(self.a.len())];
-        let mut soon = lists.iter().flatten().skip(PREFETCH_AHEAD);
-        for (entries, row) in lists.iter().zip(tile.chunks_mut(n_b)) {
-            for e in entries {
-                if let Some(f) = soon.next() {
-                    self.prefetch_b(f.token as usize);
-                }
-                let av = f64::from(e.value);
-                let t = e.token as usize;
-                for x in &self.b[self.b_ptr[t]..self.b_ptr[t + 1]] {
-                    // SAFETY: `add` checked every feature of `b` against `n_b` (`validate`),
-                    // and `row` has `n_b` entries.
-                    let s = unsafe { row.get_unchecked_mut(x.feature as usize) };
-                    *s += av * f64::from(x.value);
-                }
-            }
+        match &self.b {
+            BEntries::Narrow(b) => self.multiply_with(b, blk, tile, n_b),
+            BEntries::Wide(b) => self.multiply_with(b, blk, tile, n_b),
         }
     }
 
-    /// Asks the cache for `b`'s row `t`.
-    #[inline(always)]
-    fn prefetch_b(&self, t: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let row = &self.b[self.b_ptr[t]..self.b_ptr[t + 1]];
-            let bytes = size_of_val(row);
-            let p: *const i8 = row.as_ptr().cast();
-            let mut off = 0;
-            while off < bytes {
-                // SAFETY: a prefetch only hints the cache; the address is inside `row`.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-                off += 64;
-            }
-            if bytes > 0 {
-                // The row's last cache line, when the row does not start on a line.
-                // SAFETY: as above.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1)) };
+    fn multiply_with<E: BEntry>(&self, b: &[E], blk: usize, tile: &mut [f64], n_b: usize) {
+        let r0 = blk << self.shift;
+        let lists = &self.a[r0..(r0 + self.rows()).min(self.a.len())];
+        let mut soon = lists.iter().flatten().skip(PREFETCH_AHEAD);
+        let row_of = |t: usize| &b[self.b_ptr[t]..self.b_ptr[t + 1]];
+        for (entries, row) in lists.iter().zip(tile.chunks_mut(n_b)) {
+            for e in entries {
+                if let Some(f) = soon.next() {
+                    prefetch(row_of(f.token as usize));
+                }
+                let av = f64::from(e.value);
+                for &x in row_of(e.token as usize) {
+                    // SAFETY: `add` checked every feature of `b` against `n_b` (`validate`),
+                    // and `row` has `n_b` entries.
+                    let s = unsafe { row.get_unchecked_mut(x.feature()) };
+                    *s += av * f64::from(x.value());
+                }
             }
         }
     }
+}
+
+/// Asks the cache for the lines of `row`.
+#[inline(always)]
+fn prefetch<E>(row: &[E]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = size_of_val(row);
+        let p: *const i8 = row.as_ptr().cast();
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch only hints the cache; the address is inside `row`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
+        }
+        if bytes > 0 {
+            // The row's last cache line, when the row does not start on a line.
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
 
 /// Target size of one tile of sums (`f64`), a share of a core's L2 cache.
@@ -513,12 +609,7 @@ impl CoStats {
             || {
                 add_moments(a, sum_a, sq_a, count_a);
                 add_moments(b, sum_b, sq_b, count_b);
-                b_entries.extend(
-                    b.indices
-                        .iter()
-                        .zip(&b.values)
-                        .map(|(&feature, &value)| BEntry { feature, value }),
-                );
+                b_entries.extend(&b.indices, &b.values);
                 let base = *b_ptr.last().expect("b_ptr starts with 0");
                 b_ptr.extend(b.indptr[1..].iter().map(|p| base + p));
             },

@@ -326,7 +326,8 @@ proptest! {
         sparse in any::<bool>(),
         limit in prop_oneof![Just(Some(0usize)), Just(Some(2_000)), Just(None)],
     ) {
-        let n_b = if wide { 40_000 + n_b_small } else { n_b_small };
+        // Around 65,536 features: 16-bit and 32-bit pending entries of `b`.
+        let n_b = if wide { 65_530 + n_b_small } else { n_b_small };
         let t = if wide { t.min(12) } else { t };
         let (a, b) = awkward(t, n_a, n_b, if wide { density / 50.0 } else { density }, seed);
         // Uneven batches, some empty.

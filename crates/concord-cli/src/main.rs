@@ -66,12 +66,19 @@ fn main() -> ExitCode {
 }
 
 /// The error and its causes on one line, `outer: cause: ...`, leaving out a cause whose text
-/// the line already ends with (many errors print their source in their own message).
+/// the line already ends with (many errors print their source in their own message). Of a
+/// message on several lines only the first is kept: libtorch's errors go on with a C++
+/// backtrace.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.ends_with(&text) {
+        let text = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim_end();
+        if line.ends_with(text) {
             continue;
         }
         if !line.is_empty() {
@@ -80,6 +87,26 @@ fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn errors_print_on_one_line_with_each_cause_once() {
+        let torch = anyhow::anyhow!(
+            "Internal torch error: Unrecognized data format\nframe #0: c10::Error::Error() + 0x9d\n"
+        );
+        let e = torch.context("x.pt: not a state dict");
+        assert_eq!(
+            one_line(&e),
+            "x.pt: not a state dict: Internal torch error: Unrecognized data format"
+        );
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(io).context("cannot write out.json: disk full");
+        assert_eq!(one_line(&e), "cannot write out.json: disk full");
+    }
 }
 
 /// Logs go to stderr (and to `file` when given), filtered by `RUST_LOG` (default: info for

@@ -43,6 +43,11 @@ pub struct Args {
     /// Width of JumpReLU's kernel for the threshold's gradient (jumprelu; default 0.001).
     #[arg(long)]
     bandwidth: Option<f64>,
+    /// Every feature's threshold at initialisation (jumprelu; default 0.001, SAELens 6 uses
+    /// 0.01): thresholds move by about --lr (relative) per step, so a short run needs a start
+    /// near the scale of the pre-activations.
+    #[arg(long)]
+    init_threshold: Option<f64>,
     /// Adam learning rate (default per architecture: 1e-3 for ReLU SAEs).
     #[arg(long)]
     lr: Option<f64>,
@@ -172,6 +177,11 @@ pub fn run(args: &Args) -> Result<()> {
                         &mut spec.hyper.l0_coefficient,
                     ),
                     ("--bandwidth", args.bandwidth, &mut spec.hyper.bandwidth),
+                    (
+                        "--init-threshold",
+                        args.init_threshold,
+                        &mut spec.hyper.init_threshold,
+                    ),
                 ] {
                     if let Some(v) = value {
                         if arch != Arch::JumpRelu {

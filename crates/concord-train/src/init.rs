@@ -16,7 +16,8 @@ use crate::spec::{Arch, JUMPRELU_INIT_THRESHOLD, SaeSpec};
 ///   study's `(d_sae, d_in)` layout, then `W_dec`; zero biases.
 /// - The other variants draw decoder rows from a standard normal, normalise them to unit norm,
 ///   and start the encoder as the decoder's transpose (Gao et al. 2024; Conerly et al. 2024).
-/// - `jumprelu` starts every threshold at [`JUMPRELU_INIT_THRESHOLD`] (SAELens's 0.001).
+/// - `jumprelu` starts every threshold at `init_threshold`, by default
+///   [`JUMPRELU_INIT_THRESHOLD`] (SAELens's 0.001).
 pub fn init_weights(spec: &SaeSpec) -> SaeWeights {
     let (d_in, d_sae) = (spec.d_in, spec.d_sae);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.init_seed);
@@ -49,8 +50,10 @@ pub fn init_weights(spec: &SaeSpec) -> SaeWeights {
         b_enc: vec![0.0; d_sae],
         w_dec,
         b_dec: vec![0.0; d_in],
-        threshold: (spec.arch == Arch::JumpRelu)
-            .then(|| vec![JUMPRELU_INIT_THRESHOLD as f32; d_sae]),
+        threshold: (spec.arch == Arch::JumpRelu).then(|| {
+            let t = spec.hyper.init_threshold.unwrap_or(JUMPRELU_INIT_THRESHOLD);
+            vec![t as f32; d_sae]
+        }),
     }
 }
 

@@ -135,6 +135,10 @@ pub struct Hyper {
     /// give it a gradient; `None` for the other variants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<f64>,
+    /// JumpReLU's threshold at initialisation, every feature's; `None` is
+    /// [`JUMPRELU_INIT_THRESHOLD`] for JumpReLU and means nothing for the other variants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_threshold: Option<f64>,
     /// Linear lr warm-up over this fraction of the total steps.
     pub lr_warmup_frac: f64,
     /// Linear lr decay to zero over this final fraction of the total steps.
@@ -194,6 +198,7 @@ impl SaeSpec {
             k: None,
             l0_coefficient: None,
             bandwidth: None,
+            init_threshold: None,
             lr_warmup_frac: 0.0,
             lr_decay_frac: 0.0,
             l1_warmup_frac: 0.0,
@@ -350,9 +355,20 @@ impl SaeSpec {
                 Some(e) if e.is_finite() && e > 0.0 => {}
                 e => return bad(format!("{arch} needs a positive bandwidth, got {e:?}")),
             }
-        } else if h.l0_coefficient.is_some() || h.bandwidth.is_some() {
+            match h.init_threshold {
+                None => {}
+                Some(t) if t.is_finite() && t > 0.0 && (t as f32) > 0.0 => {}
+                Some(t) => {
+                    return bad(format!(
+                        "{arch} needs a positive initial threshold, got {t}"
+                    ));
+                }
+            }
+        } else if h.l0_coefficient.is_some() || h.bandwidth.is_some() || h.init_threshold.is_some()
+        {
             return bad(format!(
-                "{arch} takes no l0_coefficient or bandwidth (only jumprelu does)"
+                "{arch} takes no l0_coefficient, bandwidth or initial threshold (only jumprelu \
+                 does)"
             ));
         }
         if !(h.auxk_alpha.is_finite() && h.auxk_alpha >= 0.0) {
@@ -469,6 +485,27 @@ mod tests {
         let mut s = SaeSpec::new(Arch::JumpRelu, 0, "h", "m", 16, 4);
         s.hyper.bandwidth = Some(0.0);
         assert!(s.validate().unwrap_err().to_string().contains("bandwidth"));
+        for bad in [0.0, -0.01, f64::NAN, 1e-50] {
+            let mut s = SaeSpec::new(Arch::JumpRelu, 0, "h", "m", 16, 4);
+            s.hyper.init_threshold = Some(bad);
+            assert!(
+                s.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("initial threshold"),
+                "{bad}"
+            );
+        }
+        let mut s = SaeSpec::new(Arch::JumpRelu, 0, "h", "m", 16, 4);
+        s.hyper.init_threshold = Some(0.01);
+        s.validate().unwrap();
+        assert_eq!(
+            crate::init::init_weights(&s).threshold,
+            Some(vec![0.01f32; 64])
+        );
+        let mut s = SaeSpec::new(Arch::TopK, 0, "h", "m", 16, 4);
+        s.hyper.init_threshold = Some(0.01);
+        assert!(s.validate().is_err());
         let mut s = SaeSpec::new(Arch::ReluL1, 0, "h", "m", 16, 4);
         s.hyper.l0_coefficient = Some(1.0);
         assert!(

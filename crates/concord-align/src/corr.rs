@@ -194,45 +194,29 @@ trait BEntry: Copy + Send + Sync {
     fn value(self) -> f32;
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct BEntry32 {
-    feature: u32,
-    value: f32,
-}
-
-impl BEntry for BEntry32 {
-    #[inline(always)]
-    fn new(feature: u32, value: f32) -> Self {
-        BEntry32 { feature, value }
-    }
-    #[inline(always)]
-    fn feature(self) -> usize {
-        self.feature as usize
-    }
-    #[inline(always)]
-    fn value(self) -> f32 {
-        self.value
-    }
-}
-
+/// A nonzero of `b` with a `u16` or `u32` feature index, packed (6 or 8 bytes).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, packed)]
-struct BEntry16 {
-    feature: u16,
+struct Packed<I> {
+    feature: I,
     value: f32,
 }
 
-impl BEntry for BEntry16 {
+impl<I> BEntry for Packed<I>
+where
+    I: Copy + Send + Sync + TryFrom<u32> + Into<u64>,
+{
     #[inline(always)]
     fn new(feature: u32, value: f32) -> Self {
-        BEntry16 {
-            feature: feature as u16,
-            value,
-        }
+        // `add` checked the feature against `n_b`, which chose an index type that holds it.
+        let feature = I::try_from(feature)
+            .ok()
+            .expect("a feature index within the entry's width");
+        Packed { feature, value }
     }
     #[inline(always)]
     fn feature(self) -> usize {
-        self.feature as usize
+        self.feature.into() as usize
     }
     #[inline(always)]
     fn value(self) -> f32 {
@@ -243,8 +227,8 @@ impl BEntry for BEntry16 {
 /// The pending nonzeros of `b`, in the entry size `b`'s width allows.
 #[derive(Clone, Debug, PartialEq)]
 enum BEntries {
-    Narrow(Vec<BEntry16>),
-    Wide(Vec<BEntry32>),
+    Narrow(Vec<Packed<u16>>),
+    Wide(Vec<Packed<u32>>),
 }
 
 impl BEntries {

@@ -84,29 +84,9 @@ fn one_line(e: &anyhow::Error) -> String {
         if !line.is_empty() {
             line.push_str(": ");
         }
-        line.push_str(&text);
+        line.push_str(text);
     }
     line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[test]
-    fn errors_print_on_one_line_with_each_cause_once() {
-        let torch = anyhow::anyhow!(
-            "Internal torch error: Unrecognized data format\nframe #0: c10::Error::Error() + 0x9d\n"
-        );
-        let e = torch.context("x.pt: not a state dict");
-        assert_eq!(
-            one_line(&e),
-            "x.pt: not a state dict: Internal torch error: Unrecognized data format"
-        );
-        let io = std::io::Error::other("disk full");
-        let e = anyhow::Error::new(io).context("cannot write out.json: disk full");
-        assert_eq!(one_line(&e), "cannot write out.json: disk full");
-    }
 }
 
 /// Logs go to stderr (and to `file` when given), filtered by `RUST_LOG` (default: info for
@@ -153,4 +133,24 @@ pub fn data_dir() -> PathBuf {
 pub fn show_progress() -> bool {
     std::env::var("CONCORD_PROGRESS").map_or(true, |v| v != "0")
         && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn errors_print_on_one_line_with_each_cause_once() {
+        let torch = anyhow::anyhow!(
+            "Internal torch error: Unrecognized data format\nframe #0: c10::Error::Error() + 0x9d\n"
+        );
+        let e = torch.context("x.pt: not a state dict");
+        assert_eq!(
+            one_line(&e),
+            "x.pt: not a state dict: Internal torch error: Unrecognized data format"
+        );
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(io).context("cannot write out.json: disk full");
+        assert_eq!(one_line(&e), "cannot write out.json: disk full");
+    }
 }

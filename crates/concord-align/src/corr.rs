@@ -283,11 +283,12 @@ impl Pending {
     fn new(n_a: usize, n_b: usize) -> Pending {
         // Tiles of `rows x n_b` f64 sums of about TILE_BYTES: the unit of parallel work, of
         // the flush and of the summary, small enough to stay in a core's L2 cache.
-        let rows = (TILE_BYTES / (8 * n_b.max(1))).clamp(1, n_a.max(1).next_power_of_two());
-        let shift = rows.ilog2();
+        // A power of two of rows, so that a feature's tile is a shift away.
+        let most = (TILE_BYTES / (8 * n_b.max(1))).clamp(1, n_a.max(1).next_power_of_two());
+        let shift = most.ilog2();
         Pending {
             shift,
-            a: vec![Vec::new(); n_a.div_ceil(rows)],
+            a: vec![Vec::new(); n_a.div_ceil(1 << shift)],
             a_len: 0,
             b_ptr: vec![0],
             b: BEntries::new(n_b),

@@ -389,3 +389,29 @@ proptest! {
         check_direction(&p.best_b, p.b_to_a, &rho_ba, n_a)?;
     }
 }
+
+/// Widths whose tile of sums is not a power of two of rows (1,500 features of `b`: 87 rows of
+/// 1 MiB, tiles of 64): the sums still equal the naive product, with several tiles of `a`.
+#[test]
+fn tiles_of_any_width_cover_every_feature() {
+    let (t, n_a, n_b) = (40, 150, 1500);
+    let (a, b) = awkward(t, n_a, n_b, 0.05, 7);
+    let batches: Vec<(SparseBatch, SparseBatch)> = (0..t)
+        .step_by(16)
+        .map(|s| {
+            let e = (s + 16).min(t);
+            (
+                SparseBatch::from_dense(&a[s * n_a..e * n_a], e - s, n_a),
+                SparseBatch::from_dense(&b[s * n_b..e * n_b], e - s, n_b),
+            )
+        })
+        .collect();
+    let stats = CoStats::from_batches(n_a, n_b, batches.iter().map(|(x, y)| (x, y))).unwrap();
+    let mut got = vec![0.0f64; n_a * n_b];
+    for (i, row) in stats.cross_rows().iter().enumerate() {
+        for &(j, s) in row {
+            got[i * n_b + j as usize] = s;
+        }
+    }
+    assert!(got == naive_sums(&a, &b, t, n_a, n_b));
+}

@@ -61,6 +61,25 @@ fn naive(a: &[f32], b: &[f32], t: usize, n_a: usize, n_b: usize) -> (f64, f64) {
     (best(&ca, &cb), best(&cb, &ca))
 }
 
+/// Dense `(t, n_a)` and `(t, n_b)` activations as sparse batches of `step` tokens.
+fn batches_of(
+    a: &[f32],
+    b: &[f32],
+    (t, n_a, n_b): (usize, usize, usize),
+    step: usize,
+) -> Vec<(SparseBatch, SparseBatch)> {
+    (0..t)
+        .step_by(step)
+        .map(|s| {
+            let e = (s + step).min(t);
+            (
+                SparseBatch::from_dense(&a[s * n_a..e * n_a], e - s, n_a),
+                SparseBatch::from_dense(&b[s * n_b..e * n_b], e - s, n_b),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn streamed_pearson_equals_dense_including_never_coactive_pairs() {
     let (t, n_a, n_b) = (300, 25, 40);
@@ -71,16 +90,7 @@ fn streamed_pearson_equals_dense_including_never_coactive_pairs() {
         a[s * n_a] = b[s * n_b + 3];
     }
     let (want_ab, want_ba) = naive(&a, &b, t, n_a, n_b);
-    let batches: Vec<(SparseBatch, SparseBatch)> = (0..t)
-        .step_by(64)
-        .map(|s| {
-            let e = (s + 64).min(t);
-            (
-                SparseBatch::from_dense(&a[s * n_a..e * n_a], e - s, n_a),
-                SparseBatch::from_dense(&b[s * n_b..e * n_b], e - s, n_b),
-            )
-        })
-        .collect();
+    let batches = batches_of(&a, &b, (t, n_a, n_b), 64);
     let got = correlate(n_a, n_b, batches.iter().map(|(x, y)| (x, y))).unwrap();
     // The sparse accumulator (used for large SAEs) gives the same sums.
     let mut sparse = CoStats::new_sparse(n_a, n_b);
@@ -396,16 +406,7 @@ proptest! {
 fn tiles_of_any_width_cover_every_feature() {
     let (t, n_a, n_b) = (40, 150, 1500);
     let (a, b) = awkward(t, n_a, n_b, 0.05, 7);
-    let batches: Vec<(SparseBatch, SparseBatch)> = (0..t)
-        .step_by(16)
-        .map(|s| {
-            let e = (s + 16).min(t);
-            (
-                SparseBatch::from_dense(&a[s * n_a..e * n_a], e - s, n_a),
-                SparseBatch::from_dense(&b[s * n_b..e * n_b], e - s, n_b),
-            )
-        })
-        .collect();
+    let batches = batches_of(&a, &b, (t, n_a, n_b), 16);
     let stats = CoStats::from_batches(n_a, n_b, batches.iter().map(|(x, y)| (x, y))).unwrap();
     let mut got = vec![0.0f64; n_a * n_b];
     for (i, row) in stats.cross_rows().iter().enumerate() {

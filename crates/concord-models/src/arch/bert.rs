@@ -48,9 +48,7 @@ impl Bert {
         } else {
             ""
         };
-        let prep = |t: Tensor| -> Result<Tensor> {
-            Ok(t.f_to_kind(kind)?.f_to_device(device)?.f_contiguous()?)
-        };
+        let prep = |t: Tensor| super::prep(&t, kind, device);
         let mut raw = |name: &str, shape: &[i64]| w.take(&format!("{prefix}{name}"), shape);
         let lin = |name: &str,
                    out: i64,

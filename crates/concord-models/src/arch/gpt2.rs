@@ -62,9 +62,7 @@ impl Gpt2 {
         } else {
             ""
         };
-        let prep = |t: Tensor| -> Result<Tensor> {
-            Ok(t.f_to_kind(kind)?.f_to_device(device)?.f_contiguous()?)
-        };
+        let prep = |t: Tensor| super::prep(&t, kind, device);
         let mut raw = |name: &str, shape: &[i64]| w.take(&format!("{prefix}{name}"), shape);
         let norm = |name: &str, raw: &mut Raw<'_>| -> Result<Norm> {
             Ok(Norm {
@@ -96,11 +94,7 @@ impl Gpt2 {
         let ln_f = norm("ln_f", &mut raw)?;
         // `GPT2LMHeadModel` ties `lm_head` to `wte` and does not save it; an untied head sits
         // outside the `transformer.` prefix.
-        let lm_head = if !cfg.tie_embeddings && w.has("lm_head.weight") {
-            w.take("lm_head.weight", &[cfg.vocab as i64, d])?
-        } else {
-            wte.shallow_clone()
-        };
+        let lm_head = super::output_head(w, "lm_head.weight", &wte, cfg.tie_embeddings)?;
         Ok(Gpt2 {
             cfg: cfg.clone(),
             wte: prep(wte)?,

@@ -40,15 +40,9 @@ impl Llama {
         let d = cfg.d_model as i64;
         let kv = (cfg.n_kv_heads * cfg.head_dim()) as i64;
         let m = cfg.d_mlp as i64;
-        let prep = |t: Tensor| -> Result<Tensor> {
-            Ok(t.f_to_kind(kind)?.f_to_device(device)?.f_contiguous()?)
-        };
+        let prep = |t: Tensor| super::prep(&t, kind, device);
         let embed = w.take("model.embed_tokens.weight", &[cfg.vocab as i64, d])?;
-        let lm_head = if w.has("lm_head.weight") && !cfg.tie_embeddings {
-            w.take("lm_head.weight", &[cfg.vocab as i64, d])?
-        } else {
-            embed.shallow_clone()
-        };
+        let lm_head = super::output_head(w, "lm_head.weight", &embed, cfg.tie_embeddings)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let p = |n: &str| format!("model.layers.{l}.{n}.weight");

@@ -196,6 +196,26 @@ impl AttnCtx {
     }
 }
 
+/// A loaded parameter in the compute dtype, on the device, contiguous.
+pub(crate) fn prep(t: &Tensor, kind: Kind, device: tch::Device) -> Result<Tensor> {
+    Ok(t.f_to_kind(kind)?.f_to_device(device)?.f_contiguous()?)
+}
+
+/// The unembedding: the checkpoint's own `name` `(vocab, d_model)` when the model does not tie
+/// it to the embedding and the checkpoint has it, else (a handle on) `embed`.
+pub(crate) fn output_head(
+    w: &mut crate::weights::Weights,
+    name: &str,
+    embed: &Tensor,
+    tied: bool,
+) -> Result<Tensor> {
+    if !tied && w.has(name) {
+        w.take(name, &embed.size())
+    } else {
+        Ok(embed.shallow_clone())
+    }
+}
+
 /// `x W^T + b`. `xs`: `(..., in)`, `w`: `(out, in)`; returns `(..., out)`.
 pub(crate) fn linear(xs: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(xs.f_linear(w, b)?)

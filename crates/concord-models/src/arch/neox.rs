@@ -39,9 +39,7 @@ impl Neox {
     ) -> Result<Neox> {
         let d = cfg.d_model as i64;
         let m = cfg.d_mlp as i64;
-        let prep = |t: Tensor| -> Result<Tensor> {
-            Ok(t.f_to_kind(kind)?.f_to_device(device)?.f_contiguous()?)
-        };
+        let prep = |t: Tensor| super::prep(&t, kind, device);
         let mut lin = |name: String, out: i64, inp: i64| -> Result<Lin> {
             Ok((
                 prep(w.take(&format!("{name}.weight"), &[out, inp])?)?,
@@ -79,11 +77,7 @@ impl Neox {
         }
         let final_layer_norm = norm("gpt_neox.final_layer_norm".into())?;
         let embed_in = w.take("gpt_neox.embed_in.weight", &[cfg.vocab as i64, d])?;
-        let embed_out = if cfg.tie_embeddings || !w.has("embed_out.weight") {
-            embed_in.shallow_clone()
-        } else {
-            w.take("embed_out.weight", &[cfg.vocab as i64, d])?
-        };
+        let embed_out = super::output_head(w, "embed_out.weight", &embed_in, cfg.tie_embeddings)?;
         Ok(Neox {
             cfg: cfg.clone(),
             embed_in: prep(embed_in)?,

@@ -109,7 +109,26 @@ pub(crate) fn pass(
     // `acts` is ReLU(pre), computed in place: every architecture selects from it. JumpReLU
     // zeroes `pre <= theta` instead (theta > 0, so its codes are non-negative too), after
     // noting the entries in its kernel's window (some of which are zeroed).
-    let mut acts = p.b_enc.f_addmm(&xc, &p.w_enc)?;
+    let cpu = xs.device() == tch::Device::Cpu;
+    // ReLU SAEs on the CPU take the product alone; one pass then adds the bias, applies ReLU
+    // and counts the active entries (addmm would first copy the bias into every row).
+    let relu_cpu = cpu && matches!(arch, Arch::ReluL1Faithful | Arch::ReluL1);
+    let mut acts = if relu_cpu {
+        xc.f_mm(&p.w_enc)?
+    } else {
+        p.b_enc.f_addmm(&xc, &p.w_enc)?
+    };
+    let mut fused_stats = None;
+    if relu_cpu {
+        let b_enc = cpu_contiguous(&p.b_enc)?;
+        match (cpu_f32_slice_mut(&mut acts), cpu_f32_slice(&b_enc)) {
+            (Some(dense), Some(bias)) => {
+                fused_stats = Some(sparse::bias_relu_stats(dense, bias));
+            }
+            // Not a plain f32 tensor: ReLU comes below, as for the other architectures.
+            _ => acts = acts.f_add(&p.b_enc)?,
+        }
+    }
     let jump = match (arch, &p.log_threshold) {
         (Arch::JumpRelu, Some(log_th)) => {
             let eps = hyper.bandwidth.unwrap_or(crate::spec::JUMPRELU_BANDWIDTH);
@@ -126,7 +145,9 @@ pub(crate) fn pass(
             });
         }
         _ => {
-            let _ = acts.f_relu_()?;
+            if fused_stats.is_none() {
+                let _ = acts.f_relu_()?;
+            }
             None
         }
     };
@@ -139,7 +160,6 @@ pub(crate) fn pass(
         Some(n) => p.w_dec.f_div(n)?,
         None => p.w_dec.shallow_clone(),
     };
-    let cpu = xs.device() == tch::Device::Cpu;
     let k = hyper.k.unwrap_or(1) as i64;
     let mut min_kept = None;
     let aux_dead = dead.filter(|_| hyper.auxk_alpha > 0.0);
@@ -149,7 +169,10 @@ pub(crate) fn pass(
             Some(dense) => {
                 // One pass counts the active entries per feature and per row; sparse enough
                 // codes are then gathered into CSR from the same memory.
-                let stats = sparse::column_stats(dense, d_sae as usize);
+                let stats = match fused_stats {
+                    Some(stats) => stats,
+                    None => sparse::column_stats(dense, d_sae as usize),
+                };
                 if (stats.nnz() as f64) < knobs.sparse_max_density * (batch * d_sae) as f64 {
                     let codes =
                         Codes::from_dense(Isa::detect(), dense, d_sae as usize, &stats.row_counts);
@@ -403,21 +426,29 @@ fn dense_tail(
     let g_xhat = err.f_mul_scalar(2.0 / (batch * d_in) as f64)?;
     let g_b_dec = sum0(&g_xhat)?;
     let mut g_wdec = cs.f_tr()?.f_mm(&g_xhat)?;
-    // The L1 term's gradient (a constant l1 / batch on active codes) rides in the GEMM's bias.
+    // The L1 term's gradient: a constant l1 / batch on active codes. On the CPU it is added
+    // in one pass with ReLU's backward and the bias gradient, in place; elsewhere it rides
+    // in the GEMM's bias.
     let c = l1.map_or(0.0, |l1| l1 / batch as f64);
-    let base = Tensor::f_full([d_sae], c, (Kind::Float, xs.device()))?;
-    let mut g_cs = base.f_addmm(&g_xhat, &w_dec.f_tr()?)?;
-    // On the CPU, ReLU's backward and the bias gradient are one pass in place.
-    let fused = match (
-        aux.is_none(),
-        cpu_f32_slice(cs),
-        cpu_f32_slice_mut(&mut g_cs),
-    ) {
-        (true, Some(a), Some(g)) => Some(sparse::relu_backward_column_sums(g, a, d_sae as usize)),
+    let cpu_fused = aux.is_none() && cpu_f32_slice(cs).is_some();
+    let mut g_cs = if cpu_fused {
+        g_xhat.f_mm(&w_dec.f_tr()?)?
+    } else {
+        let base = Tensor::f_full([d_sae], c, (Kind::Float, xs.device()))?;
+        base.f_addmm(&g_xhat, &w_dec.f_tr()?)?
+    };
+    let fused = match (cpu_fused, cpu_f32_slice(cs), cpu_f32_slice_mut(&mut g_cs)) {
+        (true, Some(a), Some(g)) => Some(sparse::relu_backward_column_sums(
+            g,
+            a,
+            d_sae as usize,
+            c as f32,
+        )),
         _ => None,
     };
     let mut g_pre = match fused {
         Some(_) => g_cs,
+        None if cpu_fused => cs.f_threshold_backward(&g_cs.f_add_scalar(c)?, 0.0)?,
         None => cs.f_threshold_backward(&g_cs, 0.0)?,
     };
     let extra = match (l1, aux) {
@@ -691,26 +722,33 @@ fn project_rows(g: &mut [f32], w: &[f32], norms: Option<&[f32]>, d: usize) -> bo
         .zip(w.par_chunks(d * 64))
         .enumerate()
         .for_each(|(block, (g, w))| {
-            for (i, (g, w)) in g.chunks_exact_mut(d).zip(w.chunks_exact(d)).enumerate() {
-                // Sixteen lanes of partial sums: vectorised, in a fixed order.
-                let mut lanes = [0.0f32; 16];
-                let (gc, wc) = (g.chunks_exact(16), w.chunks_exact(16));
-                for (l, (x, y)) in gc.remainder().iter().zip(wc.remainder()).enumerate() {
-                    lanes[l] += x * y;
-                }
-                for (x, y) in gc.zip(wc) {
-                    for l in 0..16 {
-                        lanes[l] += x[l] * y[l];
-                    }
-                }
-                let dot: f32 = lanes.iter().sum();
-                let inv = norms.map_or(1.0, |n| 1.0 / n[block * 64 + i]);
-                for (x, y) in g.iter_mut().zip(w) {
-                    *x = (*x - y * dot) * inv;
-                }
-            }
+            let norms = norms.map(|n| &n[block * 64..]);
+            sparse::wide!(project_block(g: &mut [f32], w: &[f32], norms: Option<&[f32]>, d: usize) -> ())
         });
     true
+}
+
+/// [`project_rows`] on one block of rows; `norms` starts at the block's first row.
+#[inline(always)]
+fn project_block(g: &mut [f32], w: &[f32], norms: Option<&[f32]>, d: usize) {
+    for (i, (g, w)) in g.chunks_exact_mut(d).zip(w.chunks_exact(d)).enumerate() {
+        // Sixteen lanes of partial sums: vectorised, in a fixed order.
+        let mut lanes = [0.0f32; 16];
+        let (gc, wc) = (g.chunks_exact(16), w.chunks_exact(16));
+        for (l, (x, y)) in gc.remainder().iter().zip(wc.remainder()).enumerate() {
+            lanes[l] += x * y;
+        }
+        for (x, y) in gc.zip(wc) {
+            for l in 0..16 {
+                lanes[l] += x[l] * y[l];
+            }
+        }
+        let dot: f32 = lanes.iter().sum();
+        let inv = norms.map_or(1.0, |n| 1.0 / n[i]);
+        for (x, y) in g.iter_mut().zip(w) {
+            *x = (*x - y * dot) * inv;
+        }
+    }
 }
 
 /// Adam on CPU tensors in one fused, parallel pass; `false` (nothing done) when a tensor is
@@ -741,16 +779,23 @@ fn adam_fused(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, c: [f6
         .zip(ms.par_chunks_mut(CHUNK))
         .zip(vs.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                let mi = m[i] + (gi - m[i]) * (1.0 - b1);
-                let vi = v[i] * b2 + (1.0 - b2) * gi * gi;
-                m[i] = mi;
-                v[i] = vi;
-                p[i] -= step * mi / (vi.sqrt() / bc2_sqrt + eps);
-            }
+            let c = [b1, b2, bc2_sqrt, step, eps];
+            sparse::wide!(adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f32; 5]) -> ())
         });
     true
+}
+
+/// [`adam_fused`] on one chunk.
+#[inline(always)]
+fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f32; 5]) {
+    let [b1, b2, bc2_sqrt, step, eps] = c;
+    for (((p, &gi), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let mi = *m + (gi - *m) * (1.0 - b1);
+        let vi = *v * b2 + (1.0 - b2) * gi * gi;
+        *m = mi;
+        *v = vi;
+        *p -= step * mi / (vi.sqrt() / bc2_sqrt + eps);
+    }
 }
 
 /// The geometric median of the rows of `xs (batch, d_in)` by Weiszfeld's iteration.

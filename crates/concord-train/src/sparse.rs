@@ -20,7 +20,7 @@ mod simd;
 
 use rayon::prelude::*;
 
-pub(crate) use simd::Isa;
+pub(crate) use simd::{Isa, wide};
 
 /// Tokens per parallel task of the by-token kernels.
 const TASK_ROWS: usize = 64;
@@ -361,40 +361,15 @@ impl DenseStats {
 pub(crate) fn column_stats(dense: &[f32], n: usize) -> DenseStats {
     let parts: Vec<(Vec<u32>, Vec<u32>, f64)> = dense
         .par_chunks(n * BLOCK_ROWS)
-        .map(|block| {
-            let mut counts = vec![0u32; n];
-            let mut rows = Vec::with_capacity(BLOCK_ROWS);
-            let mut sum = 0.0f64;
-            for row in block.chunks_exact(n) {
-                // Sixteen lanes of partial sums let the compiler vectorise in a fixed order.
-                let mut lanes = [0.0f32; 16];
-                let mut lane_counts = [0u32; 16];
-                let full = n / 16 * 16;
-                for (c, x) in counts[..full]
-                    .chunks_exact_mut(16)
-                    .zip(row[..full].chunks_exact(16))
-                {
-                    for l in 0..16 {
-                        let pos = x[l] > 0.0;
-                        c[l] += u32::from(pos);
-                        lane_counts[l] += u32::from(pos);
-                        lanes[l] += x[l].max(0.0);
-                    }
-                }
-                for j in full..n {
-                    let pos = row[j] > 0.0;
-                    counts[j] += u32::from(pos);
-                    lane_counts[j - full] += u32::from(pos);
-                    lanes[j - full] += row[j].max(0.0);
-                }
-                rows.push(lane_counts.iter().sum());
-                sum += f64::from(lanes.iter().sum::<f32>());
-            }
-            (counts, rows, sum)
-        })
+        .map(|block| simd::wide!(stats_block(block: &[f32], n: usize) -> (Vec<u32>, Vec<u32>, f64)))
         .collect();
+    combine_stats(parts, n, dense.len() / n.max(1))
+}
+
+/// The per-block counts and sums of [`stats_block`], combined in block order.
+fn combine_stats(parts: Vec<(Vec<u32>, Vec<u32>, f64)>, n: usize, rows: usize) -> DenseStats {
     let mut col_counts = vec![0u32; n];
-    let mut row_counts = Vec::with_capacity(dense.len() / n.max(1));
+    let mut row_counts = Vec::with_capacity(rows);
     let mut sum = 0.0;
     for (c, r, s) in parts {
         col_counts.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
@@ -408,23 +383,49 @@ pub(crate) fn column_stats(dense: &[f32], n: usize) -> DenseStats {
     }
 }
 
+/// `dense (rows, n) <- ReLU(dense + bias)` in place, with `bias (n)` added to every row (NaN
+/// stays NaN), then [`column_stats`] of the result, in one parallel pass.
+pub(crate) fn bias_relu_stats(dense: &mut [f32], bias: &[f32]) -> DenseStats {
+    let n = bias.len();
+    assert!(
+        n > 0 && dense.len().is_multiple_of(n),
+        "codes and bias disagree"
+    );
+    let parts: Vec<(Vec<u32>, Vec<u32>, f64)> = dense
+        .par_chunks_mut(n * BLOCK_ROWS)
+        .map(|block| {
+            simd::wide!(bias_relu_block(block: &mut [f32], bias: &[f32]) -> (Vec<u32>, Vec<u32>, f64))
+        })
+        .collect();
+    combine_stats(parts, n, dense.len() / n)
+}
+
+/// [`bias_relu_stats`] of one block of rows (still in cache for the count).
+#[inline(always)]
+fn bias_relu_block(block: &mut [f32], bias: &[f32]) -> (Vec<u32>, Vec<u32>, f64) {
+    for row in block.chunks_exact_mut(bias.len()) {
+        for (x, b) in row.iter_mut().zip(bias) {
+            let y = *x + b;
+            *x = if y < 0.0 { 0.0 } else { y };
+        }
+    }
+    stats_block(block, bias.len())
+}
+
 /// ReLU's backward pass fused with the bias gradient: zeroes `grad (rows, n)` where
-/// `acts (rows, n)` is not positive, in place, and returns the column sums `(n)` of the result.
-pub(crate) fn relu_backward_column_sums(grad: &mut [f32], acts: &[f32], n: usize) -> Vec<f32> {
+/// `acts (rows, n)` is not positive and adds `add` (the L1 term's constant gradient)
+/// elsewhere, in place, and returns the column sums `(n)` of the result.
+pub(crate) fn relu_backward_column_sums(
+    grad: &mut [f32],
+    acts: &[f32],
+    n: usize,
+    add: f32,
+) -> Vec<f32> {
     let parts: Vec<Vec<f32>> = grad
         .par_chunks_mut(n * BLOCK_ROWS)
         .zip(acts.par_chunks(n * BLOCK_ROWS))
         .map(|(g, a)| {
-            let mut sums = vec![0.0f32; n];
-            for (grow, arow) in g.chunks_exact_mut(n).zip(a.chunks_exact(n)) {
-                for ((g, &a), s) in grow.iter_mut().zip(arow).zip(sums.iter_mut()) {
-                    if a <= 0.0 {
-                        *g = 0.0;
-                    }
-                    *s += *g;
-                }
-            }
-            sums
+            simd::wide!(relu_backward_block(g: &mut [f32], a: &[f32], n: usize, add: f32) -> Vec<f32>)
         })
         .collect();
     let mut out = vec![0.0f32; n];
@@ -432,6 +433,55 @@ pub(crate) fn relu_backward_column_sums(grad: &mut [f32], acts: &[f32], n: usize
         out.iter_mut().zip(&p).for_each(|(o, v)| *o += v);
     }
     out
+}
+
+/// [`column_stats`] of one block of rows: counts per column and per row, and the sum.
+#[inline(always)]
+fn stats_block(block: &[f32], n: usize) -> (Vec<u32>, Vec<u32>, f64) {
+    let mut counts = vec![0u32; n];
+    let mut rows = Vec::with_capacity(BLOCK_ROWS);
+    let mut sum = 0.0f64;
+    for row in block.chunks_exact(n) {
+        // Sixteen lanes of partial sums let the compiler vectorise in a fixed order.
+        let mut lanes = [0.0f32; 16];
+        let mut lane_counts = [0u32; 16];
+        let full = n / 16 * 16;
+        for (c, x) in counts[..full]
+            .chunks_exact_mut(16)
+            .zip(row[..full].chunks_exact(16))
+        {
+            for l in 0..16 {
+                let pos = x[l] > 0.0;
+                c[l] += u32::from(pos);
+                lane_counts[l] += u32::from(pos);
+                lanes[l] += x[l].max(0.0);
+            }
+        }
+        for j in full..n {
+            let pos = row[j] > 0.0;
+            counts[j] += u32::from(pos);
+            lane_counts[j - full] += u32::from(pos);
+            lanes[j - full] += row[j].max(0.0);
+        }
+        rows.push(lane_counts.iter().sum());
+        sum += f64::from(lanes.iter().sum::<f32>());
+    }
+    (counts, rows, sum)
+}
+
+/// [`relu_backward_column_sums`] of one block of rows.
+#[inline(always)]
+fn relu_backward_block(g: &mut [f32], a: &[f32], n: usize, add: f32) -> Vec<f32> {
+    let mut sums = vec![0.0f32; n];
+    for (grow, arow) in g.chunks_exact_mut(n).zip(a.chunks_exact(n)) {
+        for ((g, &a), s) in grow.iter_mut().zip(arow).zip(sums.iter_mut()) {
+            // A select rather than a branch, so that the loop vectorises.
+            let kept = if a <= 0.0 { 0.0 } else { *g + add };
+            *g = kept;
+            *s += kept;
+        }
+    }
+    sums
 }
 
 #[cfg(test)]
@@ -602,12 +652,22 @@ mod tests {
             assert_eq!(out, vec![1.0, 0.0, 2.0, -2.0, 0.0, 0.0, 1.0, -1.0]);
             assert_eq!(f.column_sums(&f.val), vec![0.5, 2.0, 0.0, 1.0]);
         }
+        // Bias and ReLU in place, then the counts; NaN stays NaN and is not counted.
+        let mut pre = [0.5, -3.0, f32::NAN, 1.0, -0.5, 0.25f32];
+        let stats = bias_relu_stats(&mut pre, &[-1.0, 2.0, 0.0]);
+        assert_eq!(pre[..2], [0.0, 0.0]);
+        assert!(pre[2].is_nan());
+        assert_eq!(pre[3..], [0.0, 1.5, 0.25]);
+        assert_eq!(
+            (stats.col_counts, stats.row_counts, stats.sum),
+            (vec![0, 1, 1], vec![0, 2], 1.75)
+        );
         let mut g = [1.0f32; 12];
         assert_eq!(
-            relu_backward_column_sums(&mut g, &dense, 4),
-            vec![1.0, 1.0, 0.0, 1.0]
+            relu_backward_column_sums(&mut g, &dense, 4, 0.5),
+            vec![1.5, 1.5, 0.0, 1.5]
         );
-        assert_eq!(g[..4], [0.0, 1.0, 0.0, 1.0]);
+        assert_eq!(g[..4], [0.0, 1.5, 0.0, 1.5]);
         let t = Codes::from_topk(&[3, 1, 0, 2], &[1.0, 2.0, 0.5, 0.0], 2, 4);
         assert_eq!((t.col, t.val), (vec![1, 3, 0], vec![2.0, 1.0, 0.5]));
         let f = Codes::from_flat(&[4, 3, 1], &[0.5, 1.0, 2.0], 3, 4);

@@ -37,6 +37,33 @@ impl Isa {
     }
 }
 
+/// Calls `body(args)`, an `#[inline(always)]` function of plain loops, compiled for AVX-512
+/// when the CPU has it, so that its loops vectorise sixteen lanes wide (the build targets
+/// baseline x86-64: four). Such loops neither reassociate nor contract floating-point
+/// operations, so the results are bitwise those of the baseline build.
+macro_rules! wide {
+    ($body:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn wide($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            if $crate::sparse::Isa::detect() != $crate::sparse::Isa::Portable {
+                // SAFETY: `Isa::detect` found AVX-512F on this CPU.
+                unsafe { wide($($arg),*) }
+            } else {
+                $body($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body($($arg),*)
+        }
+    }};
+}
+pub(crate) use wide;
+
 /// Panics unless every row `idx[e]` of `rows (_, d)` exists: the vector kernels read through
 /// raw pointers and rely on it.
 fn check_rows(rows: &[f32], d: usize, idx: &[u32]) {

@@ -98,12 +98,27 @@ struct TrainRecord {
 const RECORD: &str = "train.json";
 const CHECKPOINT: &str = ".checkpoint";
 
+/// Training allocates the same large buffers every step (the codes and their gradient: 38 MB
+/// each at 1:8, 151 MB at 1:32). glibc serves blocks over 32 MB straight from `mmap`, so every
+/// step would fault in and zero fresh pages and unmap them again (about 12 % of a 1:8 run's
+/// time, 20 % at 1:32). Kept on the heap and never trimmed, freed blocks are reused instead;
+/// the process keeps its peak memory until it exits.
+fn keep_large_blocks_on_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes glibc's allocation policy; both settings are valid.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// The folder name of an SAE, shared with the study planner.
 pub fn sae_name(hook: &str, arch: &str, ratio: usize, init_seed: u64, data_seed: &str) -> String {
     format!("{hook}-{arch}-x{ratio}-i{init_seed}-d{data_seed}")
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    keep_large_blocks_on_heap();
     let arch: Arch = args.arch.parse()?;
     if args.batch == 0 || args.ratio.contains(&0) || args.tokens == Some(0) {
         bail!("--batch, --ratio and --tokens must be positive");

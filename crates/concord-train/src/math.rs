@@ -112,23 +112,21 @@ pub(crate) fn pass(
     let cpu = xs.device() == tch::Device::Cpu;
     // ReLU SAEs on the CPU take the product alone; one pass then adds the bias, applies ReLU
     // and counts the active entries (addmm would first copy the bias into every row).
-    let relu_cpu = cpu && matches!(arch, Arch::ReluL1Faithful | Arch::ReluL1);
-    let mut acts = if relu_cpu {
-        xc.f_mm(&p.w_enc)?
-    } else {
-        p.b_enc.f_addmm(&xc, &p.w_enc)?
-    };
-    let mut fused_stats = None;
-    if relu_cpu {
+    let (mut acts, fused_stats) = if cpu && matches!(arch, Arch::ReluL1Faithful | Arch::ReluL1) {
+        let mut pre = xc.f_mm(&p.w_enc)?;
         let b_enc = cpu_contiguous(&p.b_enc)?;
-        match (cpu_f32_slice_mut(&mut acts), cpu_f32_slice(&b_enc)) {
-            (Some(dense), Some(bias)) => {
-                fused_stats = Some(sparse::bias_relu_stats(dense, bias));
-            }
+        let stats = match (cpu_f32_slice_mut(&mut pre), cpu_f32_slice(&b_enc)) {
+            (Some(dense), Some(bias)) => Some(sparse::bias_relu_stats(dense, bias)),
+            _ => None,
+        };
+        match stats {
+            Some(_) => (pre, stats),
             // Not a plain f32 tensor: ReLU comes below, as for the other architectures.
-            _ => acts = acts.f_add(&p.b_enc)?,
+            None => (pre.f_add(&p.b_enc)?, None),
         }
-    }
+    } else {
+        (p.b_enc.f_addmm(&xc, &p.w_enc)?, None)
+    };
     let jump = match (arch, &p.log_threshold) {
         (Arch::JumpRelu, Some(log_th)) => {
             let eps = hyper.bandwidth.unwrap_or(crate::spec::JUMPRELU_BANDWIDTH);
@@ -430,15 +428,14 @@ fn dense_tail(
     // in one pass with ReLU's backward and the bias gradient, in place; elsewhere it rides
     // in the GEMM's bias.
     let c = l1.map_or(0.0, |l1| l1 / batch as f64);
-    let cpu_fused = aux.is_none() && cpu_f32_slice(cs).is_some();
-    let mut g_cs = if cpu_fused {
-        g_xhat.f_mm(&w_dec.f_tr()?)?
-    } else {
-        let base = Tensor::f_full([d_sae], c, (Kind::Float, xs.device()))?;
-        base.f_addmm(&g_xhat, &w_dec.f_tr()?)?
+    let cpu_acts = cpu_f32_slice(cs).filter(|_| aux.is_none());
+    let mut g_cs = match cpu_acts {
+        Some(_) => g_xhat.f_mm(&w_dec.f_tr()?)?,
+        None => Tensor::f_full([d_sae], c, (Kind::Float, xs.device()))?
+            .f_addmm(&g_xhat, &w_dec.f_tr()?)?,
     };
-    let fused = match (cpu_fused, cpu_f32_slice(cs), cpu_f32_slice_mut(&mut g_cs)) {
-        (true, Some(a), Some(g)) => Some(sparse::relu_backward_column_sums(
+    let fused = match (cpu_acts, cpu_f32_slice_mut(&mut g_cs)) {
+        (Some(a), Some(g)) => Some(sparse::relu_backward_column_sums(
             g,
             a,
             d_sae as usize,
@@ -448,7 +445,7 @@ fn dense_tail(
     };
     let mut g_pre = match fused {
         Some(_) => g_cs,
-        None if cpu_fused => cs.f_threshold_backward(&g_cs.f_add_scalar(c)?, 0.0)?,
+        None if cpu_acts.is_some() => cs.f_threshold_backward(&g_cs.f_add_scalar(c)?, 0.0)?,
         None => cs.f_threshold_backward(&g_cs, 0.0)?,
     };
     let extra = match (l1, aux) {
@@ -772,14 +769,13 @@ fn adam_fused(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, c: [f6
             std::slice::from_raw_parts_mut(v.data_ptr() as *mut f32, n),
         )
     };
-    let [b1, b2, bc2_sqrt, step, eps] = c.map(|x| x as f32);
+    let c = c.map(|x| x as f32);
     const CHUNK: usize = 1 << 14;
     ps.par_chunks_mut(CHUNK)
         .zip(gs.par_chunks(CHUNK))
         .zip(ms.par_chunks_mut(CHUNK))
         .zip(vs.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
-            let c = [b1, b2, bc2_sqrt, step, eps];
             sparse::wide!(adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f32; 5]) -> ())
         });
     true

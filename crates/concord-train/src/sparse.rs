@@ -363,13 +363,13 @@ pub(crate) fn column_stats(dense: &[f32], n: usize) -> DenseStats {
         .par_chunks(n * BLOCK_ROWS)
         .map(|block| simd::wide!(stats_block(block: &[f32], n: usize) -> (Vec<u32>, Vec<u32>, f64)))
         .collect();
-    combine_stats(parts, n, dense.len() / n.max(1))
+    combine_stats(parts, n)
 }
 
 /// The per-block counts and sums of [`stats_block`], combined in block order.
-fn combine_stats(parts: Vec<(Vec<u32>, Vec<u32>, f64)>, n: usize, rows: usize) -> DenseStats {
+fn combine_stats(parts: Vec<(Vec<u32>, Vec<u32>, f64)>, n: usize) -> DenseStats {
     let mut col_counts = vec![0u32; n];
-    let mut row_counts = Vec::with_capacity(rows);
+    let mut row_counts = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
     let mut sum = 0.0;
     for (c, r, s) in parts {
         col_counts.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
@@ -397,7 +397,7 @@ pub(crate) fn bias_relu_stats(dense: &mut [f32], bias: &[f32]) -> DenseStats {
             simd::wide!(bias_relu_block(block: &mut [f32], bias: &[f32]) -> (Vec<u32>, Vec<u32>, f64))
         })
         .collect();
-    combine_stats(parts, n, dense.len() / n)
+    combine_stats(parts, n)
 }
 
 /// [`bias_relu_stats`] of one block of rows (still in cache for the count).

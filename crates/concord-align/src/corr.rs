@@ -9,10 +9,11 @@
 //! Scattering `S_ij += a_ti b_tj` into an `(n_a, n_b)` matrix batch by batch is bound by
 //! memory traffic: a batch of a few thousand tokens touches every row of `S` a few times,
 //! so each batch streams the whole matrix through memory for little work. Instead, batches
-//! are kept pending (sparse): `a`'s nonzeros in one list per tile of `S` (a block of rows of
-//! about 1 MiB of `f64` sums, so it stays in a core's L2 cache), in token order, and `b` as
-//! one CSR over all pending tokens (6 bytes per nonzero when `b` has at most 65,536 features,
-//! else 8). A tile is computed in one go: for each pending `a_ti` of its rows, `b`'s row `t`
+//! are kept pending (sparse): `a`'s nonzeros grouped by tile of `S` (a block of rows of
+//! about 1 MiB of `f64` sums, so it stays in a core's L2 cache), batch by batch, in token
+//! order within a tile (8 bytes each: value, and token and row packed in 32 bits), and `b`
+//! as one CSR over all pending tokens (6 bytes per nonzero when `b` has at most 65,536
+//! features, else 8). A tile is computed in one go: for each pending `a_ti` of its rows, `b`'s row `t`
 //! (contiguous) is scattered into row `i`. Fetching those rows of `b` is what costs (each is
 //! needed once per nonzero of `a` on its token), so they are read in token order, ascending
 //! addresses that the hardware prefetchers stream, and prefetched a few nonzeros ahead; this
@@ -113,6 +114,22 @@ impl SparseBatch {
                 self.values.len()
             )));
         }
+        // One vectorised pass over each array; the token loop below only runs to name the
+        // first bad entry.
+        let limit = u32::try_from(n).unwrap_or(u32::MAX);
+        let wide = n > u32::MAX as usize;
+        let bad_feature = !wide
+            && self
+                .indices
+                .iter()
+                .fold(false, |bad, &j| bad | (j >= limit));
+        let bad_value = self
+            .values
+            .iter()
+            .fold(false, |bad, v| bad | !v.is_finite());
+        if !bad_feature && !bad_value {
+            return Ok(());
+        }
         for t in 0..self.tokens() {
             for (feature, value) in self.row(t) {
                 if feature as usize >= n {
@@ -176,12 +193,12 @@ enum Sums {
     Sparse(Vec<Vec<(u32, f64)>>),
 }
 
-/// A pending nonzero of `a`: its `value` at pending token `token` for feature `row` of its
-/// tile (the tile's first feature plus `row`).
+/// A pending nonzero of `a`: its `value` at a pending token for feature `row` of its tile
+/// (the tile's first feature plus `row`), with `key = token << shift | row` so that an
+/// entry takes 8 bytes (the pending buffer holds at most `2^(32 - shift)` tokens).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct AEntry {
-    token: u32,
-    row: u32,
+    key: u32,
     value: f32,
 }
 
@@ -271,9 +288,11 @@ impl BEntries {
 #[derive(Clone, Debug, PartialEq)]
 struct Pending {
     shift: u32,
-    /// One list per tile.
-    a: Vec<Vec<AEntry>>,
-    a_len: usize,
+    /// `a`'s nonzeros, batch by batch, each batch's grouped by tile (in token order within
+    /// a tile).
+    a: Vec<AEntry>,
+    /// Per tile, the ranges of `a` that hold its entries, in token order.
+    ranges: Vec<Vec<std::ops::Range<usize>>>,
     /// `(pending tokens + 1)`.
     b_ptr: Vec<usize>,
     b: BEntries,
@@ -288,8 +307,8 @@ impl Pending {
         let shift = most.ilog2();
         Pending {
             shift,
-            a: vec![Vec::new(); n_a.div_ceil(1 << shift)],
-            a_len: 0,
+            a: Vec::new(),
+            ranges: vec![Vec::new(); n_a.div_ceil(1 << shift)],
             b_ptr: vec![0],
             b: BEntries::new(n_b),
         }
@@ -303,8 +322,90 @@ impl Pending {
         self.b_ptr.len() - 1
     }
 
+    /// Most pending tokens: their numbers share an entry's `key` with the row.
+    fn max_tokens(&self) -> usize {
+        1 << (32 - self.shift)
+    }
+
+    /// Appends tokens `range` of `a`, grouped by tile: a counting pass sizes each tile's
+    /// run, then each entry is written to its place. The runs of one batch lie within a few
+    /// hundred kilobytes, so the scattered stores stay in the core's cache (one growing
+    /// list per tile was twice as slow: as many streams of stores to memory as tiles).
+    /// `t0` is the number of the first pending token of `range`.
+    fn push_a(
+        out: &mut Vec<AEntry>,
+        ranges: &mut [Vec<std::ops::Range<usize>>],
+        shift: u32,
+        t0: usize,
+        a: &SparseBatch,
+        range: std::ops::Range<usize>,
+    ) {
+        let mask = (1u32 << shift) - 1;
+        let mut next = vec![0usize; ranges.len()];
+        for &i in &a.indices[a.indptr[range.start]..a.indptr[range.end]] {
+            next[(i >> shift) as usize] += 1;
+        }
+        let mut end = out.len();
+        for (n, tile) in next.iter_mut().zip(ranges.iter_mut()) {
+            let start = end;
+            end += *n;
+            *n = start;
+            if end > start {
+                tile.push(start..end);
+            }
+        }
+        out.resize(end, AEntry { key: 0, value: 0.0 });
+        for t in range.clone() {
+            // `add` keeps pending token numbers below `max_tokens`.
+            let token = ((t0 + t - range.start) as u32) << shift;
+            for (i, value) in a.row(t) {
+                let at = &mut next[(i >> shift) as usize];
+                out[*at] = AEntry {
+                    key: token | (i & mask),
+                    value,
+                };
+                *at += 1;
+            }
+        }
+    }
+
+    /// Appends tokens `range` of both batches.
+    fn push(&mut self, a: &SparseBatch, b: &SparseBatch, range: std::ops::Range<usize>) {
+        let t0 = self.tokens();
+        Pending::push_a(
+            &mut self.a,
+            &mut self.ranges,
+            self.shift,
+            t0,
+            a,
+            range.clone(),
+        );
+        Pending::push_b(&mut self.b_ptr, &mut self.b, b, range);
+    }
+
+    /// Appends tokens `range` of `b` to the CSR (call after [`Pending::push_a`] for the same
+    /// tokens).
+    fn push_b(
+        b_ptr: &mut Vec<usize>,
+        entries: &mut BEntries,
+        b: &SparseBatch,
+        range: std::ops::Range<usize>,
+    ) {
+        let (lo, hi) = (b.indptr[range.start], b.indptr[range.end]);
+        entries.extend(&b.indices[lo..hi], &b.values[lo..hi]);
+        let base = *b_ptr.last().expect("b_ptr starts with 0");
+        b_ptr.extend(
+            b.indptr[range.start + 1..=range.end]
+                .iter()
+                .map(|p| base + p - lo),
+        );
+    }
+
     fn bytes(&self) -> usize {
-        self.a_len * size_of::<AEntry>() + self.b.bytes() + self.b_ptr.len() * size_of::<usize>()
+        self.a.len() * size_of::<AEntry>()
+            + self.ranges.iter().map(Vec::len).sum::<usize>() * size_of::<std::ops::Range<usize>>()
+            + self.b.bytes()
+            + self.b_ptr.len() * size_of::<usize>()
     }
 
     fn is_empty(&self) -> bool {
@@ -312,20 +413,20 @@ impl Pending {
     }
 
     fn clear(&mut self) {
-        self.a.iter_mut().for_each(Vec::clear);
-        self.a_len = 0;
+        self.a.clear();
+        self.ranges.iter_mut().for_each(Vec::clear);
         self.b_ptr.truncate(1);
         self.b.clear();
     }
 
     /// Number of tiles.
     fn blocks(&self) -> usize {
-        self.a.len()
+        self.ranges.len()
     }
 
     /// Whether tile `blk` has pending products.
     fn has_work(&self, blk: usize) -> bool {
-        !self.a[blk].is_empty()
+        !self.ranges[blk].is_empty()
     }
 
     /// Adds tile `blk`'s pending products to `tile`, its `(rows, n_b)` sums, in token order:
@@ -340,16 +441,20 @@ impl Pending {
     }
 
     fn multiply_with<E: BEntry>(&self, b: &[E], blk: usize, tile: &mut [f64], n_b: usize) {
-        let entries = &self.a[blk];
-        let row_of = |t: usize| &b[self.b_ptr[t]..self.b_ptr[t + 1]];
-        let mut soon = entries.iter().skip(PREFETCH_AHEAD);
-        for e in entries {
+        let entries = || self.ranges[blk].iter().flat_map(|r| &self.a[r.clone()]);
+        let (shift, mask) = (self.shift, (1u32 << self.shift) - 1);
+        let row_of = |key: u32| {
+            let t = (key >> shift) as usize;
+            &b[self.b_ptr[t]..self.b_ptr[t + 1]]
+        };
+        let mut soon = entries().skip(PREFETCH_AHEAD);
+        for e in entries() {
             if let Some(f) = soon.next() {
-                prefetch(row_of(f.token as usize));
+                prefetch(row_of(f.key));
             }
             let av = f64::from(e.value);
-            let row = &mut tile[e.row as usize * n_b..][..n_b];
-            for &x in row_of(e.token as usize) {
+            let row = &mut tile[(e.key & mask) as usize * n_b..][..n_b];
+            for &x in row_of(e.key) {
                 // SAFETY: `add` checked every feature of `b` against `n_b` (`validate`), and
                 // `row` has `n_b` entries.
                 let s = unsafe { row.get_unchecked_mut(x.feature()) };
@@ -559,54 +664,52 @@ impl CoStats {
         );
         ok_a?;
         ok_b?;
-        // Pending token numbers are `u32`.
-        if self.pending.tokens() + a.tokens() >= u32::MAX as usize {
-            self.flush();
-        }
-        let t0 = self.pending.tokens();
-        let CoStats {
-            sum_a,
-            sq_a,
-            count_a,
-            sum_b,
-            sq_b,
-            count_b,
-            pending,
-            ..
-        } = self;
-        let Pending {
-            shift,
-            a: lists,
-            a_len,
-            b_ptr,
-            b: b_entries,
-            ..
-        } = pending;
-        rayon::join(
-            || {
-                let shift = *shift;
-                let mask = (1u32 << shift) - 1;
-                for t in 0..a.tokens() {
-                    let token = (t0 + t) as u32;
-                    for (i, value) in a.row(t) {
-                        lists[(i >> shift) as usize].push(AEntry {
-                            token,
-                            row: i & mask,
-                            value,
-                        });
-                    }
+        let room = self.pending.max_tokens() - self.pending.tokens();
+        if a.tokens() <= room {
+            // The usual case: the scattered pushes into `a`'s lists cost the most, so both
+            // moments and `b`'s entries go to the other thread.
+            let CoStats {
+                sum_a,
+                sq_a,
+                count_a,
+                sum_b,
+                sq_b,
+                count_b,
+                pending,
+                ..
+            } = self;
+            let t0 = pending.tokens();
+            let Pending {
+                shift,
+                a: entries_a,
+                ranges,
+                b_ptr,
+                b: entries,
+            } = pending;
+            rayon::join(
+                || Pending::push_a(entries_a, ranges, *shift, t0, a, 0..a.tokens()),
+                || {
+                    add_moments(a, sum_a, sq_a, count_a);
+                    add_moments(b, sum_b, sq_b, count_b);
+                    Pending::push_b(b_ptr, entries, b, 0..b.tokens());
+                },
+            );
+        } else {
+            // More tokens than the pending buffer numbers: in pieces, flushing between them.
+            add_moments(a, &mut self.sum_a, &mut self.sq_a, &mut self.count_a);
+            add_moments(b, &mut self.sum_b, &mut self.sq_b, &mut self.count_b);
+            let mut lo = 0;
+            while lo < a.tokens() {
+                if self.pending.tokens() == self.pending.max_tokens() {
+                    self.flush();
                 }
-                *a_len += a.indices.len();
-            },
-            // The scattered pushes into `a`'s lists cost the most: both moments go here.
-            || {
-                add_moments(a, sum_a, sq_a, count_a);
-                add_moments(b, sum_b, sq_b, count_b);
-                b_entries.extend(&b.indices, &b.values);
-                let base = *b_ptr.last().expect("b_ptr starts with 0");
-                b_ptr.extend(b.indptr[1..].iter().map(|p| base + p));
-            },
-        );
+                let hi = a
+                    .tokens()
+                    .min(lo + self.pending.max_tokens() - self.pending.tokens());
+                self.pending.push(a, b, lo..hi);
+                lo = hi;
+            }
+        }
         self.tokens += a.tokens() as u64;
         self.batches += 1;
         self.flush_if_over();
@@ -821,6 +924,87 @@ fn scan_row_any(
     Some((j as u32, top as f32))
 }
 
+/// [`scan_row`] on four live rows at once, for CPUs with AVX-512: each column's `u`, `w`,
+/// `pen` and running maxima are loaded once for the four rows, and each row's maximum is
+/// kept per lane (value and first column), so `rho` is never stored. The arithmetic and the
+/// order of the comparisons are those of [`scan_row`] (rows in order per column, strict
+/// `>`), so the maxima are the same; a row's value is `rho` at its chosen column.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scan_rows4_avx512(
+    s: [&[f64]; 4],
+    rows: [(usize, f64, f64); 4],
+    cols: &Columns,
+    best: &mut ColumnBest,
+) -> [Option<(u32, f32)>; 4] {
+    use std::arch::x86_64::*;
+    let n = cols.u.len();
+    assert!(s.iter().all(|r| r.len() == n) && best.value.len() == n && best.row.len() == n);
+    let fi = rows.map(|(i, _, _)| _mm512_set1_pd(i as f64));
+    let c = rows.map(|(_, c, _)| _mm512_set1_pd(c));
+    let x = rows.map(|(_, _, x)| _mm512_set1_pd(x));
+    let mut top = [_mm512_set1_pd(f64::NEG_INFINITY); 4];
+    let mut at = [_mm512_set1_pd(f64::INFINITY); 4];
+    let step = _mm512_set1_pd(8.0);
+    let mut jv = _mm512_setr_pd(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+    let mut j = 0;
+    while j < n {
+        let m: __mmask8 = if n - j >= 8 {
+            0xff
+        } else {
+            (1u8 << (n - j)) - 1
+        };
+        // SAFETY: lanes `j..j + 8` past `n` are masked off in every load and store.
+        unsafe {
+            let u = _mm512_maskz_loadu_pd(m, cols.u.as_ptr().add(j));
+            let w = _mm512_maskz_loadu_pd(m, cols.w.as_ptr().add(j));
+            let pen = _mm512_maskz_loadu_pd(m, cols.pen.as_ptr().add(j));
+            let mut bv = _mm512_maskz_loadu_pd(m, best.value.as_ptr().add(j));
+            let mut br = _mm512_maskz_loadu_pd(m, best.row.as_ptr().add(j));
+            for k in 0..4 {
+                let sv = _mm512_maskz_loadu_pd(m, s[k].as_ptr().add(j));
+                let r = _mm512_add_pd(
+                    _mm512_sub_pd(
+                        _mm512_mul_pd(sv, _mm512_mul_pd(c[k], u)),
+                        _mm512_mul_pd(x[k], w),
+                    ),
+                    pen,
+                );
+                let gt = _mm512_mask_cmp_pd_mask::<_CMP_GT_OQ>(m, r, bv);
+                bv = _mm512_mask_blend_pd(gt, bv, r);
+                br = _mm512_mask_blend_pd(gt, br, fi[k]);
+                let up = _mm512_mask_cmp_pd_mask::<_CMP_GT_OQ>(m, r, top[k]);
+                top[k] = _mm512_mask_blend_pd(up, top[k], r);
+                at[k] = _mm512_mask_blend_pd(up, at[k], jv);
+            }
+            _mm512_mask_storeu_pd(best.value.as_mut_ptr().add(j), m, bv);
+            _mm512_mask_storeu_pd(best.row.as_mut_ptr().add(j), m, br);
+        }
+        jv = _mm512_add_pd(jv, step);
+        j += 8;
+    }
+    std::array::from_fn(|k| {
+        let (mut v, mut a) = ([0.0f64; 8], [0.0f64; 8]);
+        // SAFETY: both arrays hold eight `f64`.
+        unsafe {
+            _mm512_storeu_pd(v.as_mut_ptr(), top[k]);
+            _mm512_storeu_pd(a.as_mut_ptr(), at[k]);
+        }
+        // The largest value, then the first column holding it.
+        let t = v
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        if t == f64::NEG_INFINITY {
+            return None;
+        }
+        let (col, val) = (0..8)
+            .filter(|&l| v[l] == t)
+            .map(|l| (a[l], v[l]))
+            .fold((f64::INFINITY, t), |b, x| if x.0 < b.0 { x } else { b });
+        Some((col as u32, val as f32))
+    })
+}
+
 /// [`pearson`]'s maxima both ways from dense tiles of the sums (stored plus pending), one
 /// pass: each tile's rows give `a`'s maxima, and its columns fold into running column
 /// maxima, merged over rayon's folds (the smaller index wins ties, so results do not depend
@@ -846,13 +1030,31 @@ fn best_pearson_tiles(
             || (ColumnBest::new(n_b), Vec::new(), vec![0.0; n_b]),
             |(mut best, mut buf, mut rho), (blk, out)| {
                 let tile = stats.tile(blk, &mut buf);
-                for (k, (s, slot)) in tile.chunks(n_b).zip(out.iter_mut()).enumerate() {
+                let live = |k: usize| {
                     let i = blk * rows + k;
                     let sd = ma.sd[i];
-                    if sd > 0.0 {
-                        let row = (i, 1.0 / (n * sd), ma.mean[i] / sd);
-                        *slot = scan_row(s, row, &cols, &mut rho, &mut best);
+                    (sd > 0.0).then(|| (i, 1.0 / (n * sd), ma.mean[i] / sd))
+                };
+                let mut todo: Vec<(usize, (usize, f64, f64))> = (0..out.len())
+                    .filter_map(|k| live(k).map(|r| (k, r)))
+                    .collect();
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut quads = todo.chunks_exact(4);
+                    for q in &mut quads {
+                        let s = std::array::from_fn(|l| &tile[q[l].0 * n_b..][..n_b]);
+                        // SAFETY: the CPU has AVX-512F, checked just above.
+                        let got = unsafe {
+                            scan_rows4_avx512(s, std::array::from_fn(|l| q[l].1), &cols, &mut best)
+                        };
+                        for (l, g) in got.into_iter().enumerate() {
+                            out[q[l].0] = g;
+                        }
                     }
+                    todo = quads.remainder().to_vec();
+                }
+                for (k, row) in todo {
+                    out[k] = scan_row(&tile[k * n_b..][..n_b], row, &cols, &mut rho, &mut best);
                 }
                 (best, buf, rho)
             },

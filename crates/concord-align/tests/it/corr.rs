@@ -416,3 +416,51 @@ fn tiles_of_any_width_cover_every_feature() {
     }
     assert!(got == naive_sums(&a, &b, t, n_a, n_b));
 }
+
+/// A pending token's number shares 32 bits with its row in the tile, so with one feature of
+/// `b` (tiles of 2^17 rows of `a`) the buffer numbers at most 32,768 tokens: batches that
+/// cross that are taken in pieces, flushing between them, and the sums stay exact.
+#[test]
+fn batches_longer_than_the_pending_numbering_are_split() {
+    let (n_a, n_b) = (1 << 17, 1);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut batch = |tokens: usize| {
+        let (mut a, mut b) = (SparseBatch::default(), SparseBatch::default());
+        a.indptr.push(0);
+        b.indptr.push(0);
+        for _ in 0..tokens {
+            let i = rng.random_range(0..n_a as u32 / 2);
+            a.indices.extend([i, i + n_a as u32 / 2]);
+            a.values
+                .extend([rng.random::<f32>() + 0.1, -rng.random::<f32>()]);
+            if rng.random::<f64>() < 0.5 {
+                b.indices.push(0);
+                b.values.push(rng.random::<f32>() + 0.5);
+            }
+            a.indptr.push(a.indices.len());
+            b.indptr.push(b.indices.len());
+        }
+        (a, b)
+    };
+    let batches = [batch(20_000), batch(50_000), batch(3)];
+    let mut want = vec![0.0f64; n_a];
+    for (a, b) in &batches {
+        for t in 0..a.tokens() {
+            for (i, x) in a.row(t) {
+                for (_, y) in b.row(t) {
+                    want[i as usize] += f64::from(x) * f64::from(y);
+                }
+            }
+        }
+    }
+    let stats = CoStats::from_batches(n_a, n_b, batches.iter().map(|(x, y)| (x, y))).unwrap();
+    assert_eq!(stats.tokens, 70_003);
+    let mut got = vec![0.0f64; n_a];
+    for (i, row) in stats.cross_rows().iter().enumerate() {
+        for &(_, s) in row {
+            got[i] = s;
+        }
+    }
+    assert!(got == want, "sums differ from the naive product");
+    assert!(want.iter().filter(|s| **s != 0.0).count() > 10_000);
+}

@@ -37,7 +37,10 @@
 //! (the same time: memory, not instructions, bounds them), other prefetch distances and
 //! hints, tiles of 256 KiB to 2 MiB. Huge pages for `b`'s rows (`madvise`) made the products
 //! about 15 % faster (fewer TLB misses: every tile touches every page of `b`), but faulting
-//! them in made `add` slower and more variable; not kept.
+//! them in made `add` slower and more variable; not kept. A huge page for the tile itself
+//! changed nothing. Bucketing a batch's two halves of tokens on the two threads made `add`
+//! slower (the threads' page faults contend), and so did writing the runs without zeroing
+//! them first (pages then fault in scattered order).
 
 use std::borrow::Cow;
 

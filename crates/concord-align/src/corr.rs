@@ -1149,65 +1149,83 @@ pub struct StudyScore {
 
 const STUDY_EPS: f64 = 1e-5;
 
-/// One prompt's score under `variant` (`None` when every row is masked).
-fn study_prompt(s: &CoStats, variant: StudyVariant) -> Option<f64> {
+/// One prompt's score under each of `variants` (`None` when every row is masked), from one
+/// pass over dense tiles of its sums.
+fn study_prompt(s: &CoStats, variants: &[StudyVariant]) -> Vec<Option<f64>> {
     let t = s.tokens as f64;
-    let cross = s.cross_rows();
-    let row_best: Vec<Option<f64>> = match variant {
-        StudyVariant::Uncentred => cross
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                row.iter()
-                    .map(|&(j, sij)| sij / ((s.sq_a[i] * s.sq_b[j as usize]).sqrt() + STUDY_EPS))
-                    .filter(|&r| r != 0.0)
-                    .max_by(f64::total_cmp)
+    // z = (x - m) k with k = 1 / (sd + eps); sum z_i z_j = k_i k_j (S_ij - T m_i m_j)
+    // and sum z_i^2 = k_i^2 V_i with V_i = sum (x - m)^2.
+    let stats = |sum: &[f64], sq: &[f64]| -> Vec<(f64, f64, f64)> {
+        sum.iter()
+            .zip(sq)
+            .map(|(&su, &q)| {
+                let m = su / t;
+                let v = (q - t * m * m).max(0.0);
+                let sd = if t > 1.0 {
+                    (v / (t - 1.0)).sqrt()
+                } else {
+                    f64::NAN
+                };
+                (m, v, 1.0 / (sd + STUDY_EPS))
             })
-            .collect(),
-        StudyVariant::ZScore => {
-            // z = (x - m) k with k = 1 / (sd + eps); sum z_i z_j = k_i k_j (S_ij - T m_i m_j)
-            // and sum z_i^2 = k_i^2 V_i with V_i = sum (x - m)^2.
-            let stats = |sum: &[f64], sq: &[f64]| -> Vec<(f64, f64, f64)> {
-                sum.iter()
-                    .zip(sq)
-                    .map(|(&su, &q)| {
-                        let m = su / t;
-                        let v = (q - t * m * m).max(0.0);
-                        let sd = if t > 1.0 {
-                            (v / (t - 1.0)).sqrt()
-                        } else {
-                            f64::NAN
-                        };
-                        (m, v, 1.0 / (sd + STUDY_EPS))
-                    })
-                    .collect()
-            };
-            let sa = stats(&s.sum_a, &s.sq_a);
-            let sb = stats(&s.sum_b, &s.sq_b);
-            cross
-                .par_iter()
+            .collect()
+    };
+    let (sa, sb) = (stats(&s.sum_a, &s.sq_a), stats(&s.sum_b, &s.sq_b));
+    // Row `i`'s best from its dense row of sums.
+    let best = |variant: StudyVariant, i: usize, row: &[f64]| -> Option<f64> {
+        match variant {
+            // Over co-active pairs only (`S_ij != 0`).
+            StudyVariant::Uncentred => row
+                .iter()
                 .enumerate()
-                .map(|(i, row)| {
-                    let (mi, vi, ki) = sa[i];
-                    let mut dense = vec![0.0f64; s.n_b];
-                    for &(j, sij) in row {
-                        dense[j as usize] = sij;
+                .filter(|(_, sij)| **sij != 0.0)
+                .map(|(j, &sij)| sij / ((s.sq_a[i] * s.sq_b[j]).sqrt() + STUDY_EPS))
+                .filter(|&r| r != 0.0)
+                .max_by(f64::total_cmp),
+            StudyVariant::ZScore => {
+                let (mi, vi, ki) = sa[i];
+                let mut best: Option<f64> = None;
+                for (&sij, &(mj, vj, kj)) in row.iter().zip(&sb) {
+                    let cov = ki * kj * (sij - t * mi * mj);
+                    let r = cov / ((ki * ki * vi * kj * kj * vj).sqrt() + STUDY_EPS);
+                    if r != 0.0 && r.is_finite() && best.is_none_or(|b| r > b) {
+                        best = Some(r);
                     }
-                    let mut best: Option<f64> = None;
-                    for (j, &(mj, vj, kj)) in sb.iter().enumerate() {
-                        let cov = ki * kj * (dense[j] - t * mi * mj);
-                        let r = cov / ((ki * ki * vi * kj * kj * vj).sqrt() + STUDY_EPS);
-                        if r != 0.0 && r.is_finite() && best.is_none_or(|b| r > b) {
-                            best = Some(r);
-                        }
-                    }
-                    best
-                })
-                .collect()
+                }
+                best
+            }
         }
     };
-    let live: Vec<f64> = row_best.into_iter().flatten().collect();
-    (!live.is_empty()).then(|| live.iter().sum::<f64>() / live.len() as f64)
+    if s.n_b == 0 {
+        return vec![None; variants.len()];
+    }
+    // Dense tiles of the sums (stored plus pending), as `pearson` reads them: never the
+    // whole matrix, nor a list of every co-active pair. Per tile and variant: the sum and
+    // count of the rows' bests.
+    let rows = s.pending.rows();
+    let per_tile: Vec<Vec<(f64, usize)>> = (0..s.pending.blocks())
+        .into_par_iter()
+        .map_init(Vec::new, |buf, blk| {
+            let tile = s.tile(blk, buf);
+            variants
+                .iter()
+                .map(|&v| {
+                    tile.chunks(s.n_b)
+                        .enumerate()
+                        .filter_map(|(k, row)| best(v, blk * rows + k, row))
+                        .fold((0.0, 0), |(sum, n), r| (sum + r, n + 1))
+                })
+                .collect()
+        })
+        .collect();
+    (0..variants.len())
+        .map(|v| {
+            let (sum, n) = per_tile
+                .iter()
+                .fold((0.0, 0), |(s, c), t| (s + t[v].0, c + t[v].1));
+            (n > 0).then(|| sum / n as f64)
+        })
+        .collect()
 }
 
 /// The study's correlation variant over prompts: each item is one prompt's `(a, b)`
@@ -1218,36 +1236,54 @@ pub fn study_variant<'x>(
     prompts: impl IntoIterator<Item = (&'x SparseBatch, &'x SparseBatch)>,
     variant: StudyVariant,
 ) -> Result<StudyScore> {
-    let (mut total, mut used, mut empty) = (0.0, 0usize, 0usize);
+    Ok(study_variants(n_a, n_b, prompts, &[variant])?.remove(0))
+}
+
+/// [`study_variant`] for several variants at once: each prompt's sums are computed once.
+pub fn study_variants<'x>(
+    n_a: usize,
+    n_b: usize,
+    prompts: impl IntoIterator<Item = (&'x SparseBatch, &'x SparseBatch)>,
+    variants: &[StudyVariant],
+) -> Result<Vec<StudyScore>> {
+    let mut acc = vec![(0.0, 0usize, 0usize); variants.len()];
     for (a, b) in prompts {
         let s = CoStats::from_batches(n_a, n_b, [(a, b)])?;
-        match study_prompt(&s, variant) {
-            Some(v) => {
-                total += v;
-                used += 1;
+        for (got, (total, used, empty)) in study_prompt(&s, variants).into_iter().zip(&mut acc) {
+            match got {
+                Some(v) => {
+                    *total += v;
+                    *used += 1;
+                }
+                None => *empty += 1,
             }
-            None => empty += 1,
         }
     }
-    let label = match variant {
-        StudyVariant::ZScore => {
-            "study-faithful: per-prompt z-score (eps 1e-5), zeros masked, a to b"
-        }
-        StudyVariant::Uncentred => {
-            "study-faithful: uncentred cosine of activations, zeros masked, a to b"
-        }
-    };
-    Ok(StudyScore {
-        variant,
-        label: label.to_owned(),
-        value: if used == 0 {
-            f64::NAN
-        } else {
-            total / used as f64
-        },
-        prompts: used + empty,
-        empty_prompts: empty,
-    })
+    Ok(variants
+        .iter()
+        .zip(acc)
+        .map(|(&variant, (total, used, empty))| {
+            let label = match variant {
+                StudyVariant::ZScore => {
+                    "study-faithful: per-prompt z-score (eps 1e-5), zeros masked, a to b"
+                }
+                StudyVariant::Uncentred => {
+                    "study-faithful: uncentred cosine of activations, zeros masked, a to b"
+                }
+            };
+            StudyScore {
+                variant,
+                label: label.to_owned(),
+                value: if used == 0 {
+                    f64::NAN
+                } else {
+                    total / used as f64
+                },
+                prompts: used + empty,
+                empty_prompts: empty,
+            }
+        })
+        .collect())
 }
 
 /// Permutation null of the centred Pearson summary: `b`'s tokens are shuffled (one seeded

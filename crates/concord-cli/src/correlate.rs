@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use concord_align::corr::{
-    CoStats, Span, SpanRule, SparseBatch, StudyVariant, align_spans, pearson, study_variant,
+    CoStats, Span, SpanRule, SparseBatch, StudyVariant, align_spans, pearson, study_variants,
 };
 use concord_core::outputs::{
     AlignOutput, CorrelationSummary, Directions, Example, FrequencyBin, Snippet,
@@ -208,18 +208,15 @@ pub fn run(
         start = end;
     }
     let summary = pearson(&stats);
-    let zscore = study_variant(
+    // Both study variants from one pass over each prompt's sums.
+    let [zscore, uncentred]: [_; 2] = study_variants(
         ma.d_sae,
         mb.d_sae,
         prompts.iter().map(|(x, y)| (x, y)),
-        StudyVariant::ZScore,
-    )?;
-    let uncentred = study_variant(
-        ma.d_sae,
-        mb.d_sae,
-        prompts.iter().map(|(x, y)| (x, y)),
-        StudyVariant::Uncentred,
-    )?;
+        &[StudyVariant::ZScore, StudyVariant::Uncentred],
+    )?
+    .try_into()
+    .expect("one score per variant");
     out.correlation = Some(CorrelationSummary {
         centred: Directions {
             a_to_b: summary.a_to_b,

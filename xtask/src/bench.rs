@@ -46,6 +46,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
     setup::pip_install(root, PEERS)?;
     // The harvest and training peers time the whole release command.
     let cli = crate::build_cli(root)?;
+    // The real-SAE correlation peer times our kernel on the codes it computes.
+    status(
+        cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "concord-align",
+            "--example",
+            "correlate_files",
+        ]),
+        "cargo build --release -p concord-align --example correlate_files",
+    )?;
     let results = root.join("target/bench-results");
     let _ = fs::remove_dir_all(&results);
     fs::create_dir_all(&results)?;
@@ -70,6 +83,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
                     .arg(&script)
                     .env("CONCORD_BENCH_RESULTS", &results)
                     .env("CONCORD_BIN", &cli)
+                    .env(
+                        "CONCORD_CORRELATE_FILES",
+                        root.join("target/release/examples/correlate_files"),
+                    )
                     .env("CONCORD_PYTHON", setup::venv_python(root)),
                 &format!("peer benchmark {}", script.display()),
             )?;

@@ -31,17 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import run
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = "blocks.6.hook_resid_post"
-
-
-def run(cmd):
-    env = dict(os.environ, CONCORD_PROGRESS="0")
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - t0
 
 
 def main():

@@ -47,18 +47,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
     // The harvest and training peers time the whole release command.
     let cli = crate::build_cli(root)?;
     // The real-SAE correlation peer times our kernel on the codes it computes.
-    status(
-        cargo().args([
-            "build",
-            "--release",
-            "--quiet",
-            "--package",
-            "concord-align",
-            "--example",
-            "correlate_files",
-        ]),
-        "cargo build --release -p concord-align --example correlate_files",
-    )?;
+    crate::build_release("concord-align", "--example", "correlate_files")?;
     let results = root.join("target/bench-results");
     let _ = fs::remove_dir_all(&results);
     fs::create_dir_all(&results)?;

@@ -93,19 +93,24 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
 /// Builds the `concord` CLI (release) and runs it with `args`, returning its exit code.
 /// Builds the release `concord` binary and returns its path.
 fn build_cli(root: &Path) -> Result<PathBuf> {
+    build_release("concord-cli", "--bin", "concord")?;
+    Ok(root.join("target/release/concord"))
+}
+
+/// Builds one target (`kind` is `--bin` or `--example`) of a package in release.
+fn build_release(package: &str, kind: &str, name: &str) -> Result<()> {
     status(
         cargo().args([
             "build",
             "--release",
             "--quiet",
             "--package",
-            "concord-cli",
-            "--bin",
-            "concord",
+            package,
+            kind,
+            name,
         ]),
-        "cargo build --release -p concord-cli",
-    )?;
-    Ok(root.join("target/release/concord"))
+        &format!("cargo build --release -p {package} {kind} {name}"),
+    )
 }
 
 fn run_cli(root: &Path, args: &[String]) -> Result<ExitCode> {

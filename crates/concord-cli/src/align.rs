@@ -48,6 +48,9 @@ pub struct Args {
     /// Decoder cosine above which a feature of the larger SAE joins a family of the smaller's.
     #[arg(long, default_value_t = 0.5)]
     family_threshold: f32,
+    /// Tokens of the first store the activation comparison reads, from its start (0: all).
+    #[arg(long, default_value_t = 24_000)]
+    acts_tokens: u64,
 }
 
 /// Thresholds of the shared-fraction curve: 0, 0.05, ..., 1.
@@ -123,6 +126,7 @@ pub fn run(args: &Args) -> Result<()> {
             acts_b,
             args.corpus.as_deref(),
             &matched,
+            args.acts_tokens,
         )?);
     }
     if let Some(path) = &args.matches {

@@ -26,8 +26,6 @@ use concord_train::SaeModel;
 use crate::eval::check_widths;
 use crate::harvest::to_f32_vec;
 
-/// Paired tokens read at most.
-const MAX_TOKENS: u64 = 24_000;
 /// Tokens per encoded chunk.
 const CHUNK: usize = 2048;
 /// Documents the study's per-prompt variants average over (the study: 30 prompts).
@@ -53,14 +51,17 @@ fn pair_rows(
     let same_tokens = ma.tokenizer_sha256 == mb.tokenizer_sha256
         && ma.context_len == mb.context_len
         && ma.packing == mb.packing;
+    // The same tokens in the same rows: pair by row over the rows both hold (`b` is read
+    // with twice `a`'s rows, for a finer tokenizer).
+    let common = meta_a.len().min(meta_b.len());
     if same_tokens
-        && meta_a.len() == meta_b.len()
+        && common > 0
         && meta_a
             .iter()
             .zip(meta_b)
             .all(|(x, y)| x.doc == y.doc && x.token == y.token)
     {
-        return Ok((0..meta_a.len() as u32).map(|i| (i, i)).collect());
+        return Ok((0..common as u32).map(|i| (i, i)).collect());
     }
     let spans = |m: &[RowMeta]| -> Vec<Span> {
         m.iter()
@@ -124,8 +125,10 @@ impl TopActs {
     }
 }
 
-/// Fills `out.correlation`, `out.by_frequency` and `out.examples`; returns the features'
-/// activation frequencies on the paired tokens, `(n_a)` and `(n_b)`.
+/// Fills `out.correlation`, `out.by_frequency` and `out.examples` from the first
+/// `max_tokens` rows of `a`'s store (0: all); returns the features' activation frequencies on
+/// the paired tokens, `(n_a)` and `(n_b)`.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     out: &mut AlignOutput,
     (a, a_dir): (&Sae, &Path),
@@ -134,11 +137,22 @@ pub fn run(
     acts_b: &Path,
     corpus: Option<&Path>,
     matches: &[concord_align::Pair],
+    max_tokens: u64,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let (ds_a, ds_b) = (Dataset::open(acts_a)?, Dataset::open(acts_b)?);
     check_widths(a, a_dir, &ds_a)?;
     check_widths(b, b_dir, &ds_b)?;
-    let (ra, rb) = (ds_a.rows().min(MAX_TOKENS), ds_b.rows().min(MAX_TOKENS * 2));
+    // Rows of `a` read at most (0: all); twice as many of `b`, whose tokenizer may cut the
+    // same text finer.
+    let most = if max_tokens == 0 {
+        u64::MAX
+    } else {
+        max_tokens
+    };
+    let (ra, rb) = (
+        ds_a.rows().min(most),
+        ds_b.rows().min(most.saturating_mul(2)),
+    );
     let (meta_a, meta_b) = (ds_a.read_meta(0..ra)?, ds_b.read_meta(0..rb)?);
     let pairs = pair_rows(&ds_a, &ds_b, &meta_a, &meta_b)?;
     let (ma, mb) = (

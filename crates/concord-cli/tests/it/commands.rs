@@ -237,6 +237,26 @@ fn harvest_train_eval_align_on_a_small_store() {
         384,
         "one match per feature of the smaller SAE"
     );
+    // `--acts-tokens` bounds the tokens read; the same store pairs row by row.
+    let (ok, err) = concord(&[
+        "align",
+        "--a",
+        a.to_str().unwrap(),
+        "--b",
+        b.to_str().unwrap(),
+        "--acts-a",
+        hook1.to_str().unwrap(),
+        "--acts-b",
+        hook1.to_str().unwrap(),
+        "--acts-tokens",
+        "50",
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["correlation"]["tokens"], 50, "{v}");
     // Widths that disagree are refused.
     let other = sae("blocks.2.hook_resid_post", 1, 0);
     let hook2 = store.join("blocks.2.hook_resid_post");

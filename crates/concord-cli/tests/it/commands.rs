@@ -200,26 +200,23 @@ fn harvest_train_eval_align_on_a_small_store() {
     assert!(e["fvu"].as_f64().unwrap() > 0.0);
     let json = dir.path().join("align.json");
     let matches = dir.path().join("matches.parquet");
-    let (ok, err) = concord(&[
-        "align",
-        "--a",
-        a.to_str().unwrap(),
-        "--b",
-        b.to_str().unwrap(),
-        "--acts-a",
-        hook1.to_str().unwrap(),
-        "--acts-b",
-        hook1.to_str().unwrap(),
-        "--null",
-        "2",
-        "--matches",
-        matches.to_str().unwrap(),
-        "--out",
-        json.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // `align` of the two SAEs on `hook1`'s activations, with `extra` options; its report.
+    let align = |extra: &[&str]| -> serde_json::Value {
+        let (a, b, acts, out) = (
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            hook1.to_str().unwrap(),
+            json.to_str().unwrap(),
+        );
+        let mut args = vec![
+            "align", "--a", a, "--b", b, "--acts-a", acts, "--acts-b", acts, "--out", out,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, err) = concord(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    let v = align(&["--null", "2", "--matches", matches.to_str().unwrap()]);
     for dir in ["decoder", "encoder"] {
         let m = &v["matching"][dir];
         assert!(
@@ -238,24 +235,7 @@ fn harvest_train_eval_align_on_a_small_store() {
         "one match per feature of the smaller SAE"
     );
     // `--acts-tokens` bounds the tokens read; the same store pairs row by row.
-    let (ok, err) = concord(&[
-        "align",
-        "--a",
-        a.to_str().unwrap(),
-        "--b",
-        b.to_str().unwrap(),
-        "--acts-a",
-        hook1.to_str().unwrap(),
-        "--acts-b",
-        hook1.to_str().unwrap(),
-        "--acts-tokens",
-        "50",
-        "--out",
-        json.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = align(&["--acts-tokens", "50"]);
     assert_eq!(v["correlation"]["tokens"], 50, "{v}");
     // Widths that disagree are refused.
     let other = sae("blocks.2.hook_resid_post", 1, 0);

@@ -90,7 +90,6 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds the `concord` CLI (release) and runs it with `args`, returning its exit code.
 /// Builds the release `concord` binary and returns its path.
 fn build_cli(root: &Path) -> Result<PathBuf> {
     build_release("concord-cli", "--bin", "concord")?;

@@ -16,24 +16,19 @@ fn read(dir: &str, side: &str, what: &str) -> Result<Vec<u8>, String> {
 }
 
 fn load(dir: &str, side: &str) -> Result<SparseBatch, String> {
-    let words =
-        |b: Vec<u8>, n: usize| -> Vec<Vec<u8>> { b.chunks(n).map(<[u8]>::to_vec).collect() };
-    let indptr = words(read(dir, side, "indptr.u64")?, 8)
-        .into_iter()
-        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")) as usize)
-        .collect();
-    let indices = words(read(dir, side, "indices.u32")?, 4)
-        .into_iter()
-        .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
-        .collect();
-    let values = words(read(dir, side, "values.f32")?, 4)
-        .into_iter()
-        .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes")))
-        .collect();
     Ok(SparseBatch {
-        indptr,
-        indices,
-        values,
+        indptr: read(dir, side, "indptr.u64")?
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")) as usize)
+            .collect(),
+        indices: read(dir, side, "indices.u32")?
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
+            .collect(),
+        values: read(dir, side, "values.f32")?
+            .chunks_exact(4)
+            .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes")))
+            .collect(),
     })
 }
 

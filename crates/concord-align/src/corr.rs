@@ -43,6 +43,7 @@
 //! them first (pages then fault in scattered order).
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -130,13 +131,12 @@ impl SparseBatch {
         }
         // One vectorised pass over each array; the token loop below only runs to name the
         // first bad entry.
-        let limit = u32::try_from(n).unwrap_or(u32::MAX);
-        let wide = n > u32::MAX as usize;
-        let bad_feature = !wide
-            && self
-                .indices
+        // Past `u32::MAX` features every `u32` index is in range.
+        let bad_feature = u32::try_from(n).is_ok_and(|limit| {
+            self.indices
                 .iter()
-                .fold(false, |bad, &j| bad | (j >= limit));
+                .fold(false, |bad, &j| bad | (j >= limit))
+        });
         let bad_value = self
             .values
             .iter()
@@ -306,7 +306,7 @@ struct Pending {
     /// a tile).
     a: Vec<AEntry>,
     /// Per tile, the ranges of `a` that hold its entries, in token order.
-    ranges: Vec<Vec<std::ops::Range<usize>>>,
+    ranges: Vec<Vec<Range<usize>>>,
     /// `(pending tokens + 1)`.
     b_ptr: Vec<usize>,
     b: BEntries,
@@ -348,11 +348,11 @@ impl Pending {
     /// `t0` is the number of the first pending token of `range`.
     fn push_a(
         out: &mut Vec<AEntry>,
-        ranges: &mut [Vec<std::ops::Range<usize>>],
+        ranges: &mut [Vec<Range<usize>>],
         shift: u32,
         t0: usize,
         a: &SparseBatch,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
     ) {
         let mask = (1u32 << shift) - 1;
         let mut next = vec![0usize; ranges.len()];
@@ -384,7 +384,7 @@ impl Pending {
     }
 
     /// Appends tokens `range` of both batches.
-    fn push(&mut self, a: &SparseBatch, b: &SparseBatch, range: std::ops::Range<usize>) {
+    fn push(&mut self, a: &SparseBatch, b: &SparseBatch, range: Range<usize>) {
         let t0 = self.tokens();
         Pending::push_a(
             &mut self.a,
@@ -403,7 +403,7 @@ impl Pending {
         b_ptr: &mut Vec<usize>,
         entries: &mut BEntries,
         b: &SparseBatch,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
     ) {
         let (lo, hi) = (b.indptr[range.start], b.indptr[range.end]);
         entries.extend(&b.indices[lo..hi], &b.values[lo..hi]);
@@ -417,7 +417,7 @@ impl Pending {
 
     fn bytes(&self) -> usize {
         self.a.len() * size_of::<AEntry>()
-            + self.ranges.iter().map(Vec::len).sum::<usize>() * size_of::<std::ops::Range<usize>>()
+            + self.ranges.iter().map(Vec::len).sum::<usize>() * size_of::<Range<usize>>()
             + self.b.bytes()
             + self.b_ptr.len() * size_of::<usize>()
     }
@@ -1135,6 +1135,20 @@ pub enum StudyVariant {
     Uncentred,
 }
 
+impl StudyVariant {
+    /// The variant's label in reports (each says it is the study's, not ours).
+    pub fn label(self) -> &'static str {
+        match self {
+            StudyVariant::ZScore => {
+                "study-faithful: per-prompt z-score (eps 1e-5), zeros masked, a to b"
+            }
+            StudyVariant::Uncentred => {
+                "study-faithful: uncentred cosine of activations, zeros masked, a to b"
+            }
+        }
+    }
+}
+
 /// A study-variant score, labelled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StudyScore {
@@ -1262,26 +1276,16 @@ pub fn study_variants<'x>(
     Ok(variants
         .iter()
         .zip(acc)
-        .map(|(&variant, (total, used, empty))| {
-            let label = match variant {
-                StudyVariant::ZScore => {
-                    "study-faithful: per-prompt z-score (eps 1e-5), zeros masked, a to b"
-                }
-                StudyVariant::Uncentred => {
-                    "study-faithful: uncentred cosine of activations, zeros masked, a to b"
-                }
-            };
-            StudyScore {
-                variant,
-                label: label.to_owned(),
-                value: if used == 0 {
-                    f64::NAN
-                } else {
-                    total / used as f64
-                },
-                prompts: used + empty,
-                empty_prompts: empty,
-            }
+        .map(|(&variant, (total, used, empty))| StudyScore {
+            variant,
+            label: variant.label().to_owned(),
+            value: if used == 0 {
+                f64::NAN
+            } else {
+                total / used as f64
+            },
+            prompts: used + empty,
+            empty_prompts: empty,
         })
         .collect())
 }

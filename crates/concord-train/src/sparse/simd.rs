@@ -49,7 +49,7 @@ macro_rules! wide {
             unsafe fn wide($($arg: $ty),*) -> $ret {
                 $body($($arg),*)
             }
-            if $crate::sparse::Isa::detect() != $crate::sparse::Isa::Portable {
+            if $crate::sparse::Isa::detect() == $crate::sparse::Isa::Avx512 {
                 // SAFETY: `Isa::detect` found AVX-512F on this CPU.
                 unsafe { wide($($arg),*) }
             } else {

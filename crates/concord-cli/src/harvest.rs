@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use concord_core::{Dtype, HookName};
 use concord_models::tch::{Device, Kind, Tensor};
 use concord_models::{
-    ComputeDtype, LoadOptions, Model, PackOptions, Packing, Window, pack, to_batch,
+    ComputeDtype, LoadOptions, Model, ModelSource, PackOptions, Packing, Window, pack, to_batch,
 };
 use concord_store::{Corpus, ManifestSpec, RowMeta, StoreWriter, default_rows_per_shard};
 
@@ -91,20 +91,29 @@ pub fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 pub fn load_model(name: &str, device: &str, compute: &str) -> Result<Model> {
+    load_source(name, &resolve_model(name)?, device, compute)
+}
+
+/// The files behind a model name (downloading a hub id when it is missing and the hub is
+/// reachable).
+fn resolve_model(name: &str) -> Result<ModelSource> {
     let data = crate::data_dir();
     let root = data
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("data"));
     crate::hub::ensure_model(name)?;
-    let source = concord_models::resolve(name, &root)?;
+    Ok(concord_models::resolve(name, &root)?)
+}
+
+fn load_source(name: &str, source: &ModelSource, device: &str, compute: &str) -> Result<Model> {
     let dtype = match compute {
         "f32" | "float32" => ComputeDtype::F32,
         "bf16" | "bfloat16" => ComputeDtype::Bf16,
         other => bail!("--compute-dtype {other:?}: expected f32 or bf16"),
     };
     let device = concord_models::parse_device(device)?;
-    Model::load(&source, LoadOptions { device, dtype })
+    Model::load(source, LoadOptions { device, dtype })
         .with_context(|| format!("cannot load model {name}"))
 }
 
@@ -141,7 +150,13 @@ pub fn run(args: &Args) -> Result<()> {
     {
         bail!("--batch, --tokens, --docs and --rows-per-shard must be positive");
     }
-    let model = load_model(&args.model, &args.device, &args.compute_dtype)?;
+    let source = resolve_model(&args.model)?;
+    let model = load_source(&args.model, &source, &args.device, &args.compute_dtype)?;
+    // The weights' digest, not the name they were reached by, says which model made a store:
+    // `m/`, `./m` and an absolute path resume the same dataset; other weights at a path do not.
+    let model_sha256 = source
+        .sha256()
+        .with_context(|| format!("cannot read model {}", args.model))?;
     model.check_hooks(&hooks)?;
     model.check_context_len(args.context_len)?;
     let corpus = crate::hub::open_corpus(&args.corpus)?;
@@ -156,7 +171,8 @@ pub fn run(args: &Args) -> Result<()> {
         "docs": args.docs,
         "tokens": args.tokens,
         "compute_dtype": args.compute_dtype,
-        "format": 1,
+        "model_sha256": model_sha256,
+        "format": 2,
     });
     let window = args.context_len.max(1) as u64;
     let specs: Vec<ManifestSpec> = hooks
@@ -256,6 +272,9 @@ pub fn run(args: &Args) -> Result<()> {
         Ok((tokens, done_tokens, ended))
     })?;
     if let Some(e) = error.borrow_mut().take() {
+        // Bad input (the corpus), found part-way: the same corpus fails here again and a
+        // corrected one is another corpus, so what this run started can never be finished.
+        writer.discard()?;
         return Err(e.into());
     }
     if ended && args.tokens.is_some_and(|t| tokens < t) {

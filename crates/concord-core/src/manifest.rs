@@ -96,8 +96,8 @@ pub struct StoreManifest {
     pub context_len: usize,
     pub packing: Packing,
     pub rows_per_shard: u64,
-    /// Every setting that determines the rows (model, corpus, bounds, dtypes, ...) as one
-    /// hash; a run with another hash never appends to this dataset.
+    /// Every setting that determines the rows (corpus, bounds, dtypes, the model's digest in
+    /// `settings`, ...) as one hash; a run with another hash never appends to this dataset.
     pub settings_hash: String,
     /// The caller's further settings that determine the rows (bounds, compute dtype, model
     /// file digest, ...), as given; part of `settings_hash`.

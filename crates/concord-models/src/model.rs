@@ -98,6 +98,44 @@ impl ModelSource {
             ModelSource::HfFolder(p) | ModelSource::Gguf(p) => p,
         }
     }
+
+    /// The sha256 (hex) of what the model is made of: the GGUF file, or a folder's
+    /// `config.json` and `*.safetensors` files (each file's name and digest, in name order).
+    /// It names the weights whatever path they were reached by, so a store can tell a resumed
+    /// harvest of the same model from one of another model at the same path.
+    pub fn sha256(&self) -> Result<String> {
+        let digest = |p: &Path| {
+            concord_core::fsutil::sha256_file(p).map_err(|e| match e {
+                concord_core::Error::Io { path, source } => Error::Io { path, source },
+                other => Error::InvalidInput {
+                    reason: other.to_string(),
+                },
+            })
+        };
+        match self {
+            ModelSource::Gguf(p) => digest(p),
+            ModelSource::HfFolder(dir) => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .map_err(|e| Error::io(dir, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name().is_some_and(|n| n == "config.json")
+                            || p.extension().is_some_and(|x| x == "safetensors")
+                    })
+                    .collect();
+                files.sort();
+                let mut listing = String::new();
+                for p in &files {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default();
+                    listing.push_str(&format!("{name}\t{}\n", digest(p)?));
+                }
+                Ok(concord_core::fsutil::sha256_bytes(listing.as_bytes()))
+            }
+        }
+    }
 }
 
 /// How to load a model.

@@ -25,7 +25,7 @@
 //! contents and order, not on their names or the folder's place, and a folder holding one file
 //! has that file's identity.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
@@ -91,6 +91,8 @@ impl Corpus {
     /// Opens `path`, a file or a folder of files of one format, checking the format and that
     /// the corpus holds at least one document.
     pub fn open(path: &Path) -> Result<Corpus> {
+        // A missing path is reported as missing, not as a file of an unknown format.
+        fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let (files, format) = if path.is_dir() {
             folder_files(path)?
         } else {
@@ -160,7 +162,7 @@ impl Corpus {
 /// The corpus files of a folder, sorted by name, and their one format.
 fn folder_files(dir: &Path) -> Result<(Vec<PathBuf>, CorpusFormat)> {
     let mut files: Vec<(PathBuf, CorpusFormat)> = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let hidden = path
             .file_name()
@@ -270,7 +272,15 @@ pub struct Documents {
 /// The JSON-lines record: only `text` is looked at.
 #[derive(serde::Deserialize)]
 struct JsonLine {
+    /// `None` when the field is absent; `Some(Value::Null)` for `"text": null`.
+    #[serde(default, deserialize_with = "present")]
     text: Option<serde_json::Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
 }
 
 impl Documents {
@@ -334,10 +344,15 @@ impl Documents {
                 line,
                 reason,
             };
+            // serde reads a struct from an array too (`["..."]`, by position): only objects.
+            if !text.trim_start().starts_with('{') {
+                return Err(bad("not a JSON object with a \"text\" field".into()));
+            }
             let record: JsonLine = serde_json::from_str(&text)
                 .map_err(|e| bad(format!("not a JSON object with a \"text\" field: {e}")))?;
             return match record.text {
                 Some(serde_json::Value::String(s)) => Ok(Some(s)),
+                Some(serde_json::Value::Null) => Err(bad("field \"text\" is null".into())),
                 Some(other) => Err(bad(format!("field \"text\" is not a string: {other}"))),
                 None => Err(bad("no \"text\" field".into())),
             };

@@ -30,6 +30,15 @@ pub enum Error {
     )]
     SettingsMismatch { dir: PathBuf, differences: String },
     #[error(
+        "{out}: the store already holds {hook} from another harvest ({differences}); the hooks \
+         of one store share their rows: use another output folder"
+    )]
+    OtherHarvest {
+        out: PathBuf,
+        hook: String,
+        differences: String,
+    },
+    #[error(
         "{dir}: the folder holds files but no manifest.json ({example}); refusing to write there"
     )]
     NotADataset { dir: PathBuf, example: String },

@@ -61,9 +61,14 @@ pub struct ManifestSpec {
 }
 
 impl ManifestSpec {
-    /// The sha256 (hex) of the canonical JSON of every field.
+    /// The sha256 (hex) of the canonical JSON of every field but `model`: the name a model
+    /// was reached by (`m`, `m/`, an absolute path) does not change the rows, while what it
+    /// is made of does, so a harvest puts the model's digest in `settings`.
     pub fn settings_hash(&self) -> String {
-        let value = serde_json::to_value(self).expect("a spec always serialises to JSON");
+        let mut value = serde_json::to_value(self).expect("a spec always serialises to JSON");
+        if let Some(map) = value.as_object_mut() {
+            map.remove("model");
+        }
         let mut text = String::new();
         canonical_json(&value, &mut text);
         fsutil::sha256_bytes(text.as_bytes())
@@ -295,6 +300,9 @@ pub struct HookWriter {
     current: Option<OpenShard>,
     next_seq: u64,
     last_row: Option<RowMeta>,
+    /// Whether this writer started the dataset (no manifest before), and made its folder.
+    created: bool,
+    made_dir: bool,
     /// Held until the writer is dropped (after [`HookWriter::finish`] or on an error).
     _lock: DirLock,
 }
@@ -364,6 +372,73 @@ impl DirLock {
     }
 }
 
+/// Refuses to add hooks to a store whose other datasets come from another harvest (another
+/// model, tokenizer, corpus, context, packing or bounds): the hooks of a store are read in
+/// lockstep, row for row. Per-hook settings (width, dtype, shard size) may differ.
+fn check_siblings(out: &Path, first: &ManifestSpec, specs: &[ManifestSpec]) -> Result<()> {
+    let Ok(entries) = fs::read_dir(out) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if specs.iter().any(|s| s.hook.to_string() == name) || !dir.join(MANIFEST_FILE).is_file() {
+            continue;
+        }
+        let m = StoreManifest::read(&dir)?;
+        let probe = ManifestSpec {
+            hook: m.hook,
+            d: m.d,
+            dtype: m.dtype,
+            rows_per_shard: m.rows_per_shard,
+            ..first.clone()
+        };
+        if probe.settings_hash() != m.settings_hash
+            || m.format_version != StoreManifest::FORMAT_VERSION
+        {
+            return Err(Error::OtherHarvest {
+                out: out.to_owned(),
+                hook: name,
+                differences: probe.differences(&m),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks every shard `m` lists against its sha256. From the first one missing or damaged
+/// on, the shards are removed and the manifest forgets them (the dataset is then incomplete),
+/// so the harvest writes them again, identically, instead of trusting or keeping bad bytes.
+fn redo_damaged_shards(dir: &Path, mut m: StoreManifest) -> Result<StoreManifest> {
+    let damaged = m.shards.iter().position(|s| {
+        let path = dir.join(&s.file);
+        let problem = match fsutil::sha256_file(&path) {
+            Ok(got) if got == s.sha256 => return false,
+            Ok(got) => format!("its sha256 is {got}, the manifest says {}", s.sha256),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            "{}: {problem}; writing it and the shards after it again",
+            path.display()
+        );
+        true
+    });
+    let Some(first) = damaged else {
+        return Ok(m);
+    };
+    for s in m.shards.drain(first..) {
+        let path = dir.join(&s.file);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    m.complete = false;
+    m.write(dir)?;
+    Ok(m)
+}
+
 impl Drop for DirLock {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
@@ -374,10 +449,12 @@ impl HookWriter {
     /// Opens the dataset in `dir`: creates it when `dir` is missing or empty, resumes it when
     /// its manifest has the same settings hash, and refuses anything else (a dataset with
     /// other settings, or a folder with files and no manifest). A complete dataset with the
-    /// same settings opens with [`HookWriter::is_complete`] true.
+    /// same settings opens with [`HookWriter::is_complete`] true. Shards that fail their
+    /// sha256 are written again (see `redo_damaged_shards`).
     pub fn open(dir: &Path, spec: &ManifestSpec) -> Result<HookWriter> {
         spec.validate()?;
         let manifest_path = dir.join(MANIFEST_FILE);
+        let made_dir = !dir.exists();
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = DirLock::acquire(dir)?;
         let mut entries: Vec<String> = fs::read_dir(dir)
@@ -387,7 +464,8 @@ impl HookWriter {
             .collect::<io::Result<_>>()
             .map_err(|e| Error::io(dir, e))?;
         entries.sort();
-        let manifest = if manifest_path.exists() {
+        let created = !manifest_path.exists();
+        let manifest = if !created {
             let m = StoreManifest::read(dir)?;
             if m.settings_hash != spec.settings_hash()
                 || m.format_version != StoreManifest::FORMAT_VERSION
@@ -408,13 +486,7 @@ impl HookWriter {
                     fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 }
             }
-            for s in &m.shards {
-                let path = dir.join(&s.file);
-                if !path.is_file() {
-                    return Err(Error::MissingShard { path });
-                }
-            }
-            m
+            redo_damaged_shards(dir, m)?
         } else {
             if let Some(name) = entries.iter().find(|n| !is_temp_name(n)) {
                 return Err(Error::NotADataset {
@@ -446,8 +518,38 @@ impl HookWriter {
             current: None,
             next_seq,
             last_row,
+            created,
+            made_dir,
             _lock: lock,
         })
+    }
+
+    /// Removes the dataset if this writer started it (its shards, its manifest, and its
+    /// folder if this writer made it); a resumed dataset is left as it is. For a harvest that
+    /// stops on bad input: rows that can never be completed must not block a corrected run.
+    pub fn discard(mut self) -> Result<()> {
+        if let Some(shard) = self.current.take() {
+            drop(shard.writer);
+            let _ = fs::remove_file(&shard.tmp);
+        }
+        if !self.created {
+            return Ok(());
+        }
+        let files = self.manifest.shards.iter().map(|s| s.file.as_str());
+        for file in files.chain([MANIFEST_FILE]) {
+            let path = self.dir.join(file);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        let (dir, made_dir) = (self.dir.clone(), self.made_dir);
+        drop(self); // releases the lock
+        if made_dir {
+            fs::remove_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
     }
 
     /// The dataset's folder.
@@ -626,11 +728,15 @@ impl Drop for HookWriter {
 #[derive(Debug)]
 pub struct StoreWriter {
     writers: Vec<HookWriter>,
+    out: PathBuf,
+    /// Whether `out` did not exist before [`StoreWriter::open`].
+    made_out: bool,
 }
 
 impl StoreWriter {
     /// Opens (creates or resumes) one [`HookWriter`] per spec under `out`. The specs must
-    /// agree on model, tokenizer, corpus, context length and packing, and name distinct hooks.
+    /// agree on model, tokenizer, corpus, context length and packing, and name distinct hooks;
+    /// other datasets already in `out` must come from the same harvest.
     pub fn open(out: &Path, specs: Vec<ManifestSpec>) -> Result<StoreWriter> {
         let Some(first) = specs.first() else {
             return Err(Error::InvalidSpec {
@@ -658,11 +764,29 @@ impl StoreWriter {
                 });
             }
         }
+        check_siblings(out, first, &specs)?;
+        let made_out = !out.exists();
         let writers = specs
             .into_iter()
             .map(|s| HookWriter::open(&out.join(s.hook.to_string()), &s))
             .collect::<Result<Vec<_>>>()?;
-        Ok(StoreWriter { writers })
+        Ok(StoreWriter {
+            writers,
+            out: out.to_owned(),
+            made_out,
+        })
+    }
+
+    /// Removes the datasets this harvest started ([`HookWriter::discard`]), and the store's
+    /// folder if it made it and nothing else is left there.
+    pub fn discard(self) -> Result<()> {
+        for w in self.writers {
+            w.discard()?;
+        }
+        if self.made_out {
+            let _ = fs::remove_dir(&self.out);
+        }
+        Ok(())
     }
 
     /// The hook writers, in the order of the specs.

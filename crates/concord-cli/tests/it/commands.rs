@@ -123,6 +123,72 @@ fn harvest_rejects_bad_input_clearly() {
     }
 }
 
+fn golden_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../concord-models/tests/goldens")
+        .join(name)
+}
+
+#[test]
+fn harvest_stores_know_their_model_by_its_weights_and_bad_corpora_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..40)
+        .map(|i| {
+            format!("{{\"text\": \"Document {i} says a few words about kings and queens.\"}}\n")
+        })
+        .collect();
+    let good = dir.path().join("c.jsonl");
+    std::fs::write(&good, &text).unwrap();
+    let bad = dir.path().join("late.jsonl");
+    std::fs::write(&bad, format!("{text}{{\"body\": \"no text\"}}\n")).unwrap();
+    let model = dir.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    let copy_model = |name: &str| {
+        for f in std::fs::read_dir(golden_model(name)).unwrap().flatten() {
+            std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+        }
+    };
+    copy_model("tiny-neox");
+    let out = dir.path().join("store");
+    let args = |model: &str, corpus: &Path| -> Vec<String> {
+        [
+            "harvest",
+            "--model",
+            model,
+            "--hooks",
+            "blocks.1.hook_resid_post",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--context-len",
+            "16",
+            "--rows-per-shard",
+            "32",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let m = model.to_str().unwrap().to_owned();
+    // The corpus goes bad after many windows: the error names the line, and the store this
+    // run started is gone, so the corrected corpus can go to the same folder.
+    check_error(&argv(&args(&m, &bad)), "late.jsonl: line 41");
+    assert!(!out.exists(), "a half-written store was left");
+    let (ok, err) = concord(&argv(&args(&m, &good)));
+    assert!(ok, "{err}");
+    // The same weights by another spelling of their path: the same store.
+    let (ok, err) = concord(&argv(&args(&format!("{m}/"), &good)));
+    assert!(ok && err.contains("already complete"), "{err}");
+    // Other weights at the same path: refused.
+    copy_model("tiny-neox-seq");
+    check_error(&argv(&args(&m, &good)), "model_sha256");
+    // Another model's hook in the same store: refused, the store left as it was.
+    let mut other = args(golden_model("tiny-gpt2").to_str().unwrap(), &good);
+    other[4] = "blocks.0.hook_resid_post".into();
+    check_error(&argv(&other), "another harvest");
+    assert!(!out.join("blocks.0.hook_resid_post").exists());
+}
+
 #[test]
 fn harvest_train_eval_align_on_a_small_store() {
     let dir = tempfile::tempdir().unwrap();

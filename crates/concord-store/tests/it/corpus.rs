@@ -178,6 +178,11 @@ fn bad_corpora_name_the_file_and_the_line_or_row() {
     check_error(&p("missing.jsonl"), "line 2: no \"text\" field");
     fs::write(p("number.jsonl"), "{\"text\": 3}\n").unwrap();
     check_error(&p("number.jsonl"), "line 1: field \"text\" is not a string");
+    fs::write(p("null.jsonl"), "{\"text\": \"x\"}\n{\"text\": null}\n").unwrap();
+    check_error(&p("null.jsonl"), "line 2: field \"text\" is null");
+    // serde would read an array as a struct by position: a line must be an object.
+    fs::write(p("array.jsonl"), "{\"text\": \"x\"}\n[\"y\"]\n").unwrap();
+    check_error(&p("array.jsonl"), "line 2: not a JSON object");
     fs::write(p("broken.jsonl"), "{\"text\": \"x\"}\n{\"text\": \n").unwrap();
     check_error(&p("broken.jsonl"), "line 2: not a JSON object");
     fs::write(p("empty.txt"), "\n \n\n").unwrap();
@@ -231,8 +236,12 @@ fn the_default_corpus_reads_in_file_order_with_its_sha256() {
     );
     let sha = corpus.sha256().unwrap();
     assert_eq!(sha, concord_core::fsutil::sha256_file(&path).unwrap());
-    assert!(matches!(
-        Corpus::open(&path.with_extension("md")),
-        Err(Error::CorpusFormat { .. })
-    ));
+    // A missing file is missing, whatever its name; an existing one of another format is
+    // named as such.
+    let err = Corpus::open(&path.with_extension("md")).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    let dir = support::tmp();
+    let md = dir.path().join("notes.md");
+    fs::write(&md, "# notes\n").unwrap();
+    assert!(matches!(Corpus::open(&md), Err(Error::CorpusFormat { .. })));
 }

@@ -287,3 +287,158 @@ fn store_writer_refuses_hooks_that_disagree_on_the_rows() {
             .all(|f| f == "blocks.0.hook_mlp_out")
     );
 }
+
+#[test]
+fn damaged_or_missing_shards_are_written_again() {
+    let s = spec(
+        "blocks.2.hook_resid_post",
+        5,
+        Dtype::F32,
+        4,
+        Packing::Packed,
+        8,
+    );
+    let whole = support::tmp();
+    let reference = support::write(whole.path(), &s, 12, 0);
+    assert_eq!(reference.shards.len(), 6);
+
+    // A complete dataset with a truncated shard, and a killed one with a flipped byte.
+    for (damage, complete) in [("truncate", true), ("flip", false), ("remove", false)] {
+        let dir = support::tmp();
+        if complete {
+            support::write(dir.path(), &s, 12, 0);
+        } else {
+            push_and_kill(dir.path(), &s, 9);
+        }
+        let victim = dir.path().join(&reference.shards[2].file);
+        let mut bytes = fs::read(&victim).unwrap();
+        match damage {
+            "truncate" => fs::write(&victim, &bytes[..100]).unwrap(),
+            "flip" => {
+                bytes[200] ^= 1;
+                fs::write(&victim, &bytes).unwrap();
+            }
+            _ => fs::remove_file(&victim).unwrap(),
+        }
+        let w = HookWriter::open(dir.path(), &s).unwrap();
+        assert!(!w.is_complete(), "{damage}");
+        assert_eq!(w.next_seq(), reference.shards[2].first_seq, "{damage}");
+        assert_eq!(w.manifest().shards.len(), 2, "{damage}");
+        drop(w);
+        let names = support::files(dir.path());
+        assert!(
+            !names.iter().any(|n| n == &reference.shards[3].file),
+            "{damage}: {names:?}"
+        );
+        let resumed = support::write(dir.path(), &s, 12, 0);
+        assert_eq!(resumed, reference, "{damage}");
+        assert_eq!(support::files(dir.path()), support::files(whole.path()));
+    }
+}
+
+#[test]
+fn a_store_refuses_hooks_of_another_harvest_but_takes_more_of_its_own() {
+    let a = spec(
+        "blocks.0.hook_mlp_out",
+        3,
+        Dtype::F32,
+        4,
+        Packing::Packed,
+        8,
+    );
+    let out = support::tmp();
+    let write = |s: &concord_store::ManifestSpec| {
+        let mut w = StoreWriter::open(out.path(), vec![s.clone()])?;
+        for seq in w.next_seq()..3 {
+            let (rows, xs) = window(seq, 4, Packing::Packed, s.d, 0);
+            w.push_window(&rows, &[&xs])?;
+        }
+        w.finish().map(|_| ())
+    };
+    write(&a).unwrap();
+    // Another hook of the same harvest, in another dtype and width, by another spelling of
+    // the model's name: welcome.
+    let mut b = spec(
+        "blocks.1.hook_resid_post",
+        6,
+        Dtype::Bf16,
+        4,
+        Packing::Packed,
+        4,
+    );
+    b.model = "synthetic/".into();
+    write(&b).unwrap();
+    // Another model's weights (their digest is a setting) or another corpus: refused.
+    let mut c = spec(
+        "blocks.2.hook_resid_post",
+        3,
+        Dtype::F32,
+        4,
+        Packing::Packed,
+        8,
+    );
+    c.settings["model_sha256"] = serde_json::json!("ab".repeat(32));
+    let err = write(&c).unwrap_err();
+    assert!(matches!(err, Error::OtherHarvest { .. }), "{err}");
+    assert!(err.to_string().contains("settings"), "{err}");
+    let mut c = spec(
+        "blocks.2.hook_resid_post",
+        3,
+        Dtype::F32,
+        4,
+        Packing::Packed,
+        8,
+    );
+    c.corpus_sha256 = "22".repeat(32);
+    let err = write(&c).unwrap_err();
+    assert!(err.to_string().contains("corpus_sha256"), "{err}");
+    assert!(!out.path().join("blocks.2.hook_resid_post").exists());
+}
+
+#[test]
+fn discard_removes_only_what_this_run_started() {
+    let parent = support::tmp();
+    let out = parent.path().join("store");
+    let a = spec(
+        "blocks.0.hook_mlp_out",
+        3,
+        Dtype::F32,
+        4,
+        Packing::Packed,
+        4,
+    );
+    let b = spec(
+        "blocks.1.hook_mlp_out",
+        3,
+        Dtype::F32,
+        4,
+        Packing::Packed,
+        4,
+    );
+    // A fresh store, discarded mid-way: nothing is left, not even its folder.
+    let mut w = StoreWriter::open(&out, vec![a.clone()]).unwrap();
+    for seq in 0..3 {
+        let (rows, xs) = window(seq, 4, Packing::Packed, 3, 0);
+        w.push_window(&rows, &[&xs]).unwrap();
+    }
+    w.discard().unwrap();
+    assert!(!out.exists());
+    // A resumed dataset stays; the one this run started goes.
+    push_and_kill(&out.join("blocks.0.hook_mlp_out"), &a, 2);
+    let before = support::files(&out.join("blocks.0.hook_mlp_out"));
+    let mut w = StoreWriter::open(&out, vec![a.clone(), b.clone()]).unwrap();
+    for seq in w.next_seq()..4 {
+        let (rows, xs) = window(seq, 4, Packing::Packed, 3, 0);
+        w.push_window(&rows, &[&xs, &xs]).unwrap();
+    }
+    w.discard().unwrap();
+    assert_eq!(support::files(&out), ["blocks.0.hook_mlp_out"]);
+    let after = support::files(&out.join("blocks.0.hook_mlp_out"));
+    assert!(after.iter().all(|f| !f.contains(".tmp-")), "{after:?}");
+    assert!(
+        before
+            .iter()
+            .filter(|f| f.starts_with("part-"))
+            .all(|f| after.contains(f))
+    );
+}

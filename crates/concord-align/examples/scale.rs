@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let defaults = MatchOptions::default();
     let opts = MatchOptions {
         dense_limit: 0,
+        tied_dense_limit: 0,
         top_k: env("CONCORD_TOP_K", defaults.top_k),
         pricing_k: env("CONCORD_PRICING_K", defaults.pricing_k),
         add_per_row: env("CONCORD_ADD_PER_ROW", defaults.add_per_row),

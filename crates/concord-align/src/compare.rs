@@ -211,7 +211,7 @@ fn one_kind(
     b: &Dict,
     opts: &CompareOptions,
 ) -> Result<(DirectionPair, MatchSummary, Vec<Pair>)> {
-    let dense = a.n.saturating_mul(b.n) <= opts.matching.dense_limit;
+    let dense = opts.matching.dense_for(a, b);
     let top_k = if dense { 0 } else { opts.matching.scan_k() };
     let sc = scan(
         a,

@@ -35,6 +35,11 @@ pub struct MatchOptions {
     pub pricing_k: usize,
     /// Problems with `n_a · n_b` at most this use the dense solver.
     pub dense_limit: usize,
+    /// Problems with `n_a · n_b` at most this also use the dense solver when a dictionary
+    /// has exact ties (zero rows, repeated rows), and when the sparse solve cannot be
+    /// certified. Ties leave the candidate lists arbitrary among equals, which the pricing
+    /// rounds repair only slowly; the dense solver does not care.
+    pub tied_dense_limit: usize,
     /// Pricing rounds before giving up on the certificate.
     pub max_rounds: usize,
     /// Violating pairs added per row and round (the most violating first).
@@ -48,6 +53,7 @@ impl Default for MatchOptions {
             top_k: 16,
             pricing_k: 32,
             dense_limit: 1 << 22,
+            tied_dense_limit: 1 << 26,
             max_rounds: 50,
             add_per_row: 16,
             blocking: Blocking::default(),
@@ -160,9 +166,9 @@ pub fn match_dicts(
     opts: &MatchOptions,
 ) -> Result<Matching> {
     same_width(a, b)?;
-    if a.n.saturating_mul(b.n) <= opts.dense_limit {
-        let w = similarity_matrix(a, b)?;
-        return match_weights(&w, a.n, b.n);
+    let dense = || match_weights(&similarity_matrix(a, b)?, a.n, b.n);
+    if opts.dense_for(a, b) {
+        return dense();
     }
     let k = opts.scan_k();
     let owned;
@@ -196,13 +202,11 @@ pub fn match_dicts(
     };
     let (col4row, weights, cert) = certified(rows, cols, &oriented, opts);
     let weight_of = |i: usize, j: usize| weights.get(i, j);
-    Ok(finish(
-        &col4row,
-        transposed,
-        weight_of,
-        Method::Sparse,
-        cert,
-    ))
+    let m = finish(&col4row, transposed, weight_of, Method::Sparse, cert);
+    if !m.optimal && a.n.saturating_mul(b.n) <= opts.tied_dense_limit {
+        return dense();
+    }
+    Ok(m)
 }
 
 impl MatchOptions {
@@ -210,6 +214,24 @@ impl MatchOptions {
     pub fn scan_k(&self) -> usize {
         self.top_k.max(self.pricing_k).max(1)
     }
+
+    /// Whether [`match_dicts`] solves `a` against `b` with the dense solver.
+    pub fn dense_for(&self, a: &Dict, b: &Dict) -> bool {
+        let pairs = a.n.saturating_mul(b.n);
+        pairs <= self.dense_limit
+            || (pairs <= self.tied_dense_limit && (has_ties(a) || has_ties(b)))
+    }
+}
+
+/// Whether some rows of `d` are exactly equal (zero rows included).
+fn has_ties(d: &Dict) -> bool {
+    if d.zero_rows > 1 {
+        return true;
+    }
+    let bits = |i: usize| d.row(i).iter().map(|x| x.to_bits());
+    let mut order: Vec<usize> = (0..d.n).collect();
+    order.sort_unstable_by(|&i, &j| bits(i).cmp(bits(j)));
+    order.windows(2).any(|w| bits(w[0]).eq(bits(w[1])))
 }
 
 /// Turns a row-to-column assignment into pairs sorted by `a`.

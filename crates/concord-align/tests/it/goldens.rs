@@ -64,6 +64,7 @@ fn mmcs_and_matching_equal_numpy_and_scipy() {
             MatchOptions::default(),
             MatchOptions {
                 dense_limit: 0,
+                tied_dense_limit: 0,
                 top_k: 1,
                 ..MatchOptions::default()
             },

@@ -32,6 +32,7 @@ fn brute_force(w: &[f64], n_a: usize, n_b: usize) -> f64 {
 fn sparse_opts(k: usize) -> MatchOptions {
     MatchOptions {
         dense_limit: 0,
+        tied_dense_limit: 0,
         top_k: k,
         add_per_row: 2,
         blocking: Blocking { rows: 4, cols: 8 },
@@ -134,6 +135,50 @@ fn a_capped_certificate_is_not_called_optimal() {
     .unwrap();
     assert!(!m.optimal);
     assert!(m.certificate.gap_bound > 0.0);
+}
+
+#[test]
+fn zero_rows_and_repeated_rows_match_completely_and_optimally() {
+    // Half of b's rows are zero and a third of a's repeat one direction: the candidate lists
+    // are arbitrary among equals, so above the dense limit the matcher solves these densely.
+    let (n, d) = (90, 6);
+    let base = dict(n, d, 21);
+    let mut zeroed = base.rows.clone();
+    for i in (0..n).step_by(2) {
+        zeroed[i * d..(i + 1) * d].fill(0.0);
+    }
+    let b = Dict::from_rows("b", &zeroed, n, d).unwrap();
+    let mut repeated = dict(n, d, 22).rows;
+    let first: Vec<f32> = repeated[..d].to_vec();
+    for i in (0..n).step_by(3) {
+        repeated[i * d..(i + 1) * d].copy_from_slice(&first);
+    }
+    let a = Dict::from_rows("a", &repeated, n, d).unwrap();
+    for (a, b) in [(&a, &b), (&b, &a), (&base, &b), (&a, &base)] {
+        let exact = match_weights(&cos64(a, b), n, n).unwrap();
+        let opts = MatchOptions {
+            dense_limit: 0,
+            ..MatchOptions::default()
+        };
+        let m = match_dicts(a, b, None, &opts).unwrap();
+        assert_valid(&m, n, n);
+        assert!(m.optimal && m.method == Method::Dense);
+        assert!(
+            (m.objective - exact.objective).abs() < 1e-5,
+            "{} vs {}",
+            m.objective,
+            exact.objective
+        );
+    }
+    // A sparse solve that cannot be certified falls back to the dense solver.
+    let (a, b) = sae_like_pair(100, 100, 16, &SaeLike::default(), 9).unwrap();
+    let capped = MatchOptions {
+        max_rounds: 0,
+        tied_dense_limit: 1 << 20,
+        ..sparse_opts(1)
+    };
+    let m = match_dicts(&a, &b, None, &capped).unwrap();
+    assert!(m.optimal && m.method == Method::Dense);
 }
 
 #[test]

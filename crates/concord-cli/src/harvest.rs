@@ -171,6 +171,9 @@ pub fn run(args: &Args) -> Result<()> {
         "docs": args.docs,
         "tokens": args.tokens,
         "compute_dtype": args.compute_dtype,
+        // Padding and the products' blocking follow the batch, so its last bits do too: a
+        // resume with another batch would mix two roundings in one dataset.
+        "batch": args.batch,
         "model_sha256": model_sha256,
         "format": 2,
     });

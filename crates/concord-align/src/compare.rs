@@ -129,8 +129,19 @@ pub struct Comparison {
     pub matching: MatchingReport,
     pub null: NullReport,
     pub correlation: CorrelationReport,
+    /// Features whose vector is zero, `[in a, in b]`: their cosine with everything is 0, and
+    /// they take part in MMCS and the matching at that value (as in scipy on the cosines).
+    pub zero_features: ZeroFeatures,
     #[serde(skip)]
     pub matches: Matches,
+}
+
+/// Zero-norm features of each kind, `[in a, in b]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ZeroFeatures {
+    pub decoder: [usize; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<[usize; 2]>,
 }
 
 /// Compares two SAEs' decoders (rows of `W_dec`) and encoders (columns of `W_enc`).
@@ -198,6 +209,10 @@ pub fn compare_dicts(
         },
         null,
         correlation: CorrelationReport::default(),
+        zero_features: ZeroFeatures {
+            decoder: [dec_a.zero_rows, dec_b.zero_rows],
+            encoder: enc.map(|(ea, eb)| [ea.zero_rows, eb.zero_rows]),
+        },
         matches: Matches {
             decoder: dec_pairs,
             encoder: enc_pairs,

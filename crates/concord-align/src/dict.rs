@@ -58,6 +58,12 @@ impl Dict {
                 *v = (f64::from(*v) / norm) as f32;
             }
         }
+        if zero_rows == n {
+            return Err(Error::Invalid {
+                what,
+                reason: format!("all {n} rows are zero: no feature has a direction"),
+            });
+        }
         Ok(Dict {
             n,
             d,
@@ -146,5 +152,12 @@ mod tests {
             .to_string();
         assert!(err.contains("(2, 3)"), "{err}");
         assert!(Dict::from_rows("W_dec", &[], 0, 3).is_err());
+        let err = Dict::from_rows("W_dec", &[0.0; 6], 2, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("W_dec") && err.contains("all 2 rows are zero"),
+            "{err}"
+        );
     }
 }

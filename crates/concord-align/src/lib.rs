@@ -26,7 +26,7 @@ pub mod synth;
 
 pub use compare::{
     CompareOptions, Comparison, CorrelationReport, DirectionPair, DirectionPairIntervals, Matches,
-    MatchingReport, MmcsReport, NullReport, NullScores, compare, compare_dicts,
+    MatchingReport, MmcsReport, NullReport, NullScores, ZeroFeatures, compare, compare_dicts,
 };
 pub use dict::Dict;
 pub use error::{Error, Result};

@@ -104,26 +104,11 @@ pub struct Interval {
 
 /// The [`Interval`] of `values` (in seed order; empty gives NaNs).
 pub fn interval(values: Vec<f64>) -> Interval {
-    let mut sorted = values.clone();
-    sorted.sort_by(f64::total_cmp);
-    let q = |p: f64| -> f64 {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let x = p * (sorted.len() - 1) as f64;
-        let (i, f) = (x.floor() as usize, x - x.floor());
-        let j = (i + 1).min(sorted.len() - 1);
-        sorted[i] + f * (sorted[j] - sorted[i])
-    };
-    let mean = if values.is_empty() {
-        f64::NAN
-    } else {
-        values.iter().sum::<f64>() / values.len() as f64
-    };
+    let q = concord_core::outputs::Interval::quantiles(&values);
     Interval {
-        mean,
-        lo: q(0.025),
-        hi: q(0.975),
+        mean: q.mean,
+        lo: q.lo,
+        hi: q.hi,
         values,
     }
 }

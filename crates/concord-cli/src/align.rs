@@ -5,17 +5,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use concord_align::{CompareOptions, Comparison, Dict, MatchOptions, nulls};
 use concord_core::fsutil;
 use concord_core::outputs::{
-    AlignOutput, Directions, FamilySummary, Interval, MatchSummary, NullOutput, NullStats,
+    AlignOutput, Counts, Directions, FamilySummary, Interval, MatchSummary, NullOutput, NullStats,
 };
 use concord_core::sae::Sae;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The first SAE: a SAELens-layout folder (`cfg.json`, `sae_weights.safetensors`).
+    /// The first SAE: a SAELens-layout folder (`cfg.json`, `sae_weights.safetensors`) or a
+    /// dictionary_learning `ae.pt` file.
     #[arg(long)]
     a: PathBuf,
     /// The second SAE.
@@ -58,13 +59,30 @@ fn curve_thresholds() -> Vec<f64> {
     (0..=20).map(|i| f64::from(i) / 20.0).collect()
 }
 
-fn load(path: &std::path::Path) -> Result<Sae> {
-    Sae::load(path).with_context(|| format!("cannot read SAE {}", path.display()))
+/// Reads an SAE as `eval` does (a SAELens folder or a dictionary_learning `ae.pt`, named
+/// after its activations' dataset when one is given).
+fn load(path: &std::path::Path, acts: Option<&PathBuf>) -> Result<Sae> {
+    let ds = match acts {
+        Some(dir) if path.is_file() => Some(concord_store::Dataset::open(dir)?),
+        _ => None,
+    };
+    crate::eval::load_sae(path, ds.as_ref())
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let start = Instant::now();
-    let (a, b) = (load(&args.a)?, load(&args.b)?);
+    if let Some(matches) = &args.matches
+        && std::path::absolute(matches)? == std::path::absolute(&args.out)?
+    {
+        bail!(
+            "--matches and --out are the same file ({}): the table would be overwritten by the JSON",
+            args.out.display()
+        );
+    }
+    let (a, b) = (
+        load(&args.a, args.acts_a.as_ref())?,
+        load(&args.b, args.acts_b.as_ref())?,
+    );
     let mut out = AlignOutput {
         a: args.a.display().to_string(),
         b: args.b.display().to_string(),
@@ -92,6 +110,22 @@ pub fn run(args: &Args) -> Result<()> {
         };
         let cmp = concord_align::compare(&a.weights, &b.weights, &opts)?;
         weight_space(&mut out, &cmp);
+        for (kind, n) in &out.zero_features {
+            tracing::warn!(
+                "{kind}: {} features of a and {} of b are zero vectors; they count as cosine 0 \
+                 with everything",
+                n.a,
+                n.b
+            );
+        }
+        for (kind, m) in &out.matching {
+            if !m.optimal {
+                tracing::warn!(
+                    "the {kind} matching is not proven optimal (see docs/design/matching.md): \
+                     its mean cosine may be below the optimum"
+                );
+            }
+        }
         if a.cfg.d_sae != b.cfg.d_sae {
             let da = Dict::from_rows(
                 "W_dec of a",
@@ -198,21 +232,34 @@ fn weight_space(out: &mut AlignOutput, cmp: &Comparison) {
         out.matching
             .insert("encoder".into(), summary(s, &cmp.matches.encoder, smaller));
     }
+    let zero = &cmp.zero_features;
+    for (kind, counts) in [("decoder", Some(zero.decoder)), ("encoder", zero.encoder)] {
+        if let Some([a, b]) = counts.filter(|c| c.iter().any(|&n| n > 0)) {
+            out.zero_features.insert(kind.into(), Counts { a, b });
+        }
+    }
+    let null = &cmp.null;
     for (name, scores) in [
-        ("isotropic", &cmp.null.isotropic_decoder),
-        ("rand_like", &cmp.null.rand_like_decoder),
+        ("isotropic", &null.isotropic_decoder),
+        ("rand_like", &null.rand_like_decoder),
     ] {
         if let Some(s) = scores {
             let mut shared = BTreeMap::new();
             if let Some(x) = &s.shared_0_5 {
                 shared.insert("0.5".to_owned(), interval(x));
             }
+            let isotropic = name == "isotropic";
+            let encoder = null.isotropic_encoder.as_ref().filter(|_| isotropic);
             out.null.insert(
                 name.to_owned(),
                 NullStats {
+                    label: Some(s.label.clone()),
                     mmcs_decoder: Some((interval(&s.mmcs_a_to_b), interval(&s.mmcs_b_to_a))),
+                    mmcs_encoder: encoder
+                        .map(|e| (interval(&e.mmcs_a_to_b), interval(&e.mmcs_b_to_a))),
                     matching_mean_cos: s.mean_cos.as_ref().map(interval),
                     shared,
+                    analytic: null.expected_mmcs.as_ref().filter(|_| isotropic).map(dirs),
                 },
             );
         }
@@ -291,27 +338,41 @@ pub fn run_null(args: &NullArgs) -> Result<()> {
         rl.entry("ab").or_default().push(scan.mmcs_a_to_b());
         rl.entry("ba").or_default().push(scan.mmcs_b_to_a());
     }
+    let analytic = Directions {
+        a_to_b: nulls::expected_max_cos(args.d, args.n_b),
+        b_to_a: nulls::expected_max_cos(args.d, args.n_a),
+    };
     let out = NullOutput {
         d: args.d,
         n_a: args.n_a,
         n_b: args.n_b,
         seeds: args.seeds,
         isotropic: NullStats {
-            mmcs_decoder: Some((Interval::of(&iso["ab"]), Interval::of(&iso["ba"]))),
-            matching_mean_cos: Some(Interval::of(&iso["mean_cos"])),
+            label: Some("isotropic random dictionaries of both shapes".into()),
+            mmcs_decoder: Some((
+                Interval::quantiles(&iso["ab"]),
+                Interval::quantiles(&iso["ba"]),
+            )),
+            matching_mean_cos: Some(Interval::quantiles(&iso["mean_cos"])),
             shared: shared
                 .iter()
-                .map(|(t, v)| (t.clone(), Interval::of(v)))
+                .map(|(t, v)| (t.clone(), Interval::quantiles(v)))
                 .collect(),
-        },
-        rand_like: NullStats {
-            mmcs_decoder: Some((Interval::of(&rl["ab"]), Interval::of(&rl["ba"]))),
+            analytic: Some(analytic),
             ..NullStats::default()
         },
-        analytic: Directions {
-            a_to_b: nulls::expected_max_cos(args.d, args.n_b),
-            b_to_a: nulls::expected_max_cos(args.d, args.n_a),
+        rand_like: NullStats {
+            label: Some(
+                "study-faithful rand_like (uniform [0,1) entries) against an isotropic a: biased"
+                    .into(),
+            ),
+            mmcs_decoder: Some((
+                Interval::quantiles(&rl["ab"]),
+                Interval::quantiles(&rl["ba"]),
+            )),
+            ..NullStats::default()
         },
+        analytic,
     };
     fsutil::write_json_atomic(&args.out, &out)?;
     Ok(())

@@ -62,6 +62,33 @@ impl Interval {
             n,
         }
     }
+
+    /// The mean and the 2.5 % and 97.5 % quantiles of `xs` (linearly interpolated): where
+    /// a null's values fall, as opposed to [`Interval::of`], an interval for their mean.
+    pub fn quantiles(xs: &[f64]) -> Interval {
+        let n = xs.len();
+        if n == 0 {
+            return Interval {
+                mean: f64::NAN,
+                lo: f64::NAN,
+                hi: f64::NAN,
+                n,
+            };
+        }
+        let mut sorted = xs.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            let x = p * (n - 1) as f64;
+            let (i, f) = (x.floor() as usize, x - x.floor());
+            sorted[i] + f * (sorted[(i + 1).min(n - 1)] - sorted[i])
+        };
+        Interval {
+            mean: xs.iter().sum::<f64>() / n as f64,
+            lo: q(0.025),
+            hi: q(0.975),
+            n,
+        }
+    }
 }
 
 /// The summary of an exact one-to-one matching.
@@ -155,6 +182,10 @@ pub struct AlignOutput {
     pub matching: BTreeMap<String, MatchSummary>,
     #[serde(default)]
     pub families: Option<FamilySummary>,
+    /// Features whose vector is zero, per kind (`"decoder"`, `"encoder"`), when there are
+    /// any: they count as cosine 0 with everything in MMCS and the matching.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zero_features: BTreeMap<String, Counts>,
     /// Nulls computed by this command (`--null N`): `"isotropic"`, `"rand_like"`.
     #[serde(default)]
     pub null: BTreeMap<String, NullStats>,
@@ -194,12 +225,29 @@ mod empty_as_none {
     }
 }
 
-/// A null's scores over its seeds.
+/// A count for each SAE of a pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub a: usize,
+    pub b: usize,
+}
+
+/// A null's scores over its seeds; each interval holds the 2.5 % and 97.5 % quantiles of
+/// the seeds' values ([`Interval::quantiles`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NullStats {
+    /// What the null is; the study's `rand_like` baseline says it is biased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub mmcs_decoder: Option<(Interval, Interval)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmcs_encoder: Option<(Interval, Interval)>,
     pub matching_mean_cos: Option<Interval>,
     pub shared: BTreeMap<String, Interval>,
+    /// For the isotropic null, the analytic expectation of MMCS: `E[max cos]` of a random unit
+    /// vector against `n_b` (resp. `n_a`) others in `d` dimensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analytic: Option<Directions>,
 }
 
 /// `null.json`: nulls for one shape `(d, n_a, n_b)`.
@@ -252,6 +300,17 @@ mod tests {
         assert!((i.hi - 2.0 - 4.303 / 3f64.sqrt()).abs() < 1e-12);
         assert_eq!(Interval::of(&[5.0]).lo, 5.0);
         assert!(Interval::of(&[]).mean.is_nan());
+    }
+
+    #[test]
+    fn quantiles_stay_within_the_values() {
+        let i = Interval::quantiles(&[0.9, 1.0, 0.95]);
+        assert!((i.mean - 0.95).abs() < 1e-12);
+        // Positions 0.05 and 1.95 of the sorted values: within [min, max], unlike a t interval.
+        assert!((i.lo - 0.9025).abs() < 1e-12 && (i.hi - 0.9975).abs() < 1e-12);
+        assert!(Interval::of(&[0.9, 1.0, 0.95]).hi > 1.0);
+        assert_eq!(Interval::quantiles(&[0.3]).hi, 0.3);
+        assert!(Interval::quantiles(&[]).mean.is_nan());
     }
 
     #[test]

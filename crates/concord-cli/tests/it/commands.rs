@@ -472,3 +472,126 @@ fn killed_harvest_and_training_resume_to_identical_outputs() {
         "resumed training ends with other weights"
     );
 }
+
+/// A SAELens folder with a minimal `cfg.json` and seeded weights; `zero` decoder rows zeroed.
+fn small_sae(dir: &Path, d_in: usize, d_sae: usize, seed: u64, zero: usize) -> PathBuf {
+    use concord_core::sae::{Sae, SaeConfig, SaeWeights};
+    let cfg = format!(
+        r#"{{"d_in": {d_in}, "d_sae": {d_sae}, "architecture": "standard",
+            "hook_name": "blocks.0.hook_resid_post", "model_name": "m", "extra": {{"x": 1}}}}"#
+    );
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let w_enc: Vec<f32> = (0..d_in * d_sae).map(|_| next()).collect();
+    let mut w_dec: Vec<f32> = (0..d_sae * d_in).map(|_| next()).collect();
+    w_dec[..zero * d_in].fill(0.0);
+    let sae = Sae {
+        cfg: SaeConfig::from_json(&cfg, Path::new("cfg.json")).unwrap(),
+        weights: SaeWeights {
+            d_in,
+            d_sae,
+            w_enc,
+            b_enc: vec![0.0; d_sae],
+            w_dec,
+            b_dec: vec![0.0; d_in],
+            threshold: None,
+        },
+    };
+    let path = dir.join(format!("sae-{seed}"));
+    sae.save(&path, &[]).unwrap();
+    path
+}
+
+#[test]
+fn align_reports_zero_features_labelled_nulls_and_refuses_one_file_for_two_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = small_sae(dir.path(), 8, 24, 1, 0);
+    let b = small_sae(dir.path(), 8, 24, 2, 3);
+    let out = dir.path().join("o.json");
+    let (a, b, out_s) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    check_error(
+        &[
+            "align",
+            "--a",
+            a,
+            "--b",
+            b,
+            "--out",
+            out_s,
+            "--matches",
+            out_s,
+        ],
+        "the same file",
+    );
+    assert!(!out.exists());
+    let (ok, err) = concord(&["align", "--a", a, "--b", b, "--out", out_s, "--null", "3"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("3 of b are zero vectors"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["zero_features"]["decoder"]["b"], 3, "{v}");
+    assert!(v["zero_features"].get("encoder").is_none(), "{v}");
+    let iso = &v["null"]["isotropic"];
+    assert!(iso["analytic"]["a_to_b"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(iso["mmcs_encoder"].is_array(), "{v}");
+    assert!(
+        v["null"]["rand_like"]["label"]
+            .as_str()
+            .unwrap()
+            .contains("biased"),
+        "{v}"
+    );
+    // An SAE whose decoder is all zeros has no directions to compare.
+    let z = small_sae(dir.path(), 8, 24, 3, 24);
+    check_error(
+        &[
+            "align",
+            "--a",
+            a,
+            "--b",
+            z.to_str().unwrap(),
+            "--out",
+            out_s,
+        ],
+        "all 24 rows are zero",
+    );
+}
+
+#[test]
+fn null_intervals_are_quantiles_within_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("null.json");
+    let (ok, err) = concord(&[
+        "null",
+        "--d",
+        "3",
+        "--n-a",
+        "10",
+        "--n-b",
+        "10",
+        "--seeds",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for side in 0..2 {
+        let i = &v["isotropic"]["mmcs_decoder"][side];
+        let (lo, hi) = (i["lo"].as_f64().unwrap(), i["hi"].as_f64().unwrap());
+        assert!(0.0 <= lo && lo <= hi && hi <= 1.0, "{v}");
+    }
+    assert!(v["rand_like"]["label"].as_str().unwrap().contains("biased"));
+}

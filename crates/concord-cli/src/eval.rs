@@ -63,6 +63,33 @@ pub fn load_sae(path: &Path, ds: Option<&Dataset>) -> Result<Sae> {
     Sae::load(path).with_context(|| format!("cannot read SAE {}", path.display()))
 }
 
+/// Names row `row` (in stored order) of `ds` for an error: its shard file and row there, and
+/// its store row, window (`seq`) and position in its document.
+pub fn describe_row(ds: &Dataset, row: u64) -> String {
+    let mut start = 0;
+    let mut place = None;
+    for shard in &ds.manifest().shards {
+        if row < start + shard.rows {
+            place = Some(format!(
+                "{} row {}",
+                ds.dir().join(&shard.file).display(),
+                row - start
+            ));
+            break;
+        }
+        start += shard.rows;
+    }
+    let place = place.unwrap_or_else(|| ds.dir().display().to_string());
+    match ds
+        .read_meta(row..row + 1)
+        .ok()
+        .and_then(|m| m.first().copied())
+    {
+        Some(m) => format!("{place} (store row {row}, seq {}, pos {})", m.seq, m.pos),
+        None => format!("{place} (store row {row})"),
+    }
+}
+
 /// Checks that a dataset holds rows an SAE can read.
 pub fn check_widths(sae: &Sae, sae_path: &Path, ds: &Dataset) -> Result<()> {
     if ds.d() != sae.cfg.d_in {
@@ -100,7 +127,14 @@ pub fn run(args: &Args) -> Result<()> {
         batches.push(ds.read_rows(at..end)?.xs);
         at = end;
     }
-    let report = concord_train::evaluate(&model, batches.iter().map(Vec::as_slice))?;
+    // Batches are read from row 0 in stored order: an evaluation row is a store row.
+    let report = match concord_train::evaluate(&model, batches.iter().map(Vec::as_slice)) {
+        Err(concord_train::Error::NonFiniteEvalRow { row, column, value }) => bail!(
+            "{} holds a non-finite value ({value}) at column {column}",
+            describe_row(&ds, row)
+        ),
+        r => r?,
+    };
     let mut out = EvalOutput {
         tokens: report.tokens,
         mse: report.mse,
@@ -113,11 +147,28 @@ pub fn run(args: &Args) -> Result<()> {
     };
     if let (Some(name), Some(corpus_path)) = (&args.model, &args.corpus) {
         let hook: HookName = sae.cfg.hook_name.parse()?;
+        let m = ds.manifest();
+        if &m.model != name {
+            tracing::warn!(
+                "--model {name} is not the model of {} ({})",
+                ds.dir().display(),
+                m.model
+            );
+        }
         let lm = load_model(name, &args.device, "f32")?;
+        // Before any forward pass: the splice would fail deep inside the model.
+        let width = lm.info.hook_width(hook);
+        if width != sae.cfg.d_in {
+            bail!(
+                "width mismatch: --model {name} has {hook} of width {width}, but SAE {} (model {}) reads d_in = {}",
+                args.sae.display(),
+                sae.cfg.model_name,
+                sae.cfg.d_in
+            );
+        }
         let corpus = crate::hub::open_corpus(corpus_path)?;
         let error = Rc::new(RefCell::new(None));
         let docs = documents(&corpus, args.skip_docs, Some(args.docs), error.clone())?;
-        let m = ds.manifest();
         let opts = PackOptions {
             context_len: m.context_len,
             packing: m.packing,
@@ -189,4 +240,63 @@ pub fn run(args: &Args) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use concord_core::sae::Sae;
+    use concord_core::{SaeConfig, SaeWeights};
+
+    use super::{Args, run};
+    use crate::train::tests::{D, store};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn a_non_finite_row_is_named_by_its_shard_and_store_row() {
+        let tmp = tempfile::tempdir().unwrap();
+        let acts = store(tmp.path(), Some(150));
+        let cfg = SaeConfig::from_json(
+            &format!(
+                r#"{{"d_in": {D}, "d_sae": 2, "architecture": "standard",
+                    "hook_name": "blocks.0.hook_resid_post", "model_name": "synthetic"}}"#
+            ),
+            std::path::Path::new("cfg.json"),
+        )
+        .unwrap();
+        let weights = SaeWeights {
+            d_in: D,
+            d_sae: 2,
+            w_enc: vec![0.5; D * 2],
+            b_enc: vec![0.0; 2],
+            w_dec: vec![0.25; 2 * D],
+            b_dec: vec![0.0; D],
+            threshold: None,
+        };
+        let sae_dir = tmp.path().join("sae");
+        Sae { cfg, weights }.save(&sae_dir, &[]).unwrap();
+        let out = tmp.path().join("eval.json");
+        let cli = Cli::try_parse_from([
+            "eval",
+            "--sae",
+            sae_dir.to_str().unwrap(),
+            "--acts",
+            acts.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        let err = format!("{:#}", run(&cli.args).unwrap_err());
+        assert!(
+            err.contains("part-00002.parquet row 22 (store row 150, seq 9, pos 6)")
+                && err.contains("(NaN) at column 3"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use concord_store::{Lockstep, LockstepBatch, Order, ReadConfig};
+use concord_store::{Lockstep, LockstepBatch, Order, ReadConfig, RowMeta};
 use concord_train::{Arch, Batch, SaeSpec, TrainOptions, Trainer};
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +92,95 @@ struct TrainRecord {
     shuffle: String,
     data_seed: u64,
     half: Option<String>,
+    /// The datasets as given; not compared, since one store has many spellings.
     acts: Vec<String>,
+    /// The datasets' identities, compared instead (absent from records of older versions).
+    #[serde(default)]
+    datasets: Vec<DatasetId>,
+}
+
+/// What makes a hook dataset the same on a rerun, wherever it lies.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct DatasetId {
+    hook: String,
+    settings_hash: String,
+    rows: u64,
+}
+
+impl TrainRecord {
+    /// The first setting in which `self` (the folder's record) and `new` differ, as
+    /// `name: old there, new now`; `None` when they agree.
+    fn differing_setting(&self, new: &TrainRecord) -> Option<String> {
+        let json = |r: &TrainRecord| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("acts");
+            }
+            v
+        };
+        let (mut old_v, new_v) = (json(self), json(new));
+        // A record of an older version names its datasets by path only: compare their
+        // canonical forms, so that a resume after the upgrade still works.
+        if self.datasets.is_empty() {
+            let canon = |acts: &[String]| -> Vec<PathBuf> {
+                acts.iter()
+                    .map(|a| std::fs::canonicalize(a).unwrap_or_else(|_| PathBuf::from(a)))
+                    .collect()
+            };
+            if canon(&self.acts) != canon(&new.acts) {
+                return Some(format!(
+                    "--acts: {} there, {} now",
+                    self.acts.join(","),
+                    new.acts.join(",")
+                ));
+            }
+            old_v["datasets"] = new_v["datasets"].clone();
+        }
+        first_difference("", &old_v, &new_v)
+    }
+}
+
+/// The first place where `a` (old) and `b` (new) differ, with both values.
+fn first_difference(path: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    if a == b {
+        return None;
+    }
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                first_difference(
+                    &join(k),
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).enumerate().find_map(|(i, (u, v))| {
+                // Name an SAE by its name rather than its place in the grid.
+                let item = match u.get("name").and_then(Value::as_str) {
+                    Some(n) if u.get("name") == v.get("name") => format!("{path}[{n}]"),
+                    _ => format!("{path}[{i}]"),
+                };
+                first_difference(&item, u, v)
+            })
+        }
+        (Value::Array(x), Value::Array(y)) => Some(format!(
+            "{path}: {} entries there, {} now",
+            x.len(),
+            y.len()
+        )),
+        _ => Some(format!("{path}: {a} there, {b} now")),
+    }
 }
 
 const RECORD: &str = "train.json";
@@ -120,15 +208,23 @@ pub fn sae_name(hook: &str, arch: &str, ratio: usize, init_seed: u64, data_seed:
 pub fn run(args: &Args) -> Result<()> {
     keep_large_blocks_on_heap();
     let arch: Arch = args.arch.parse()?;
-    if args.batch == 0 || args.ratio.contains(&0) || args.tokens == Some(0) {
-        bail!("--batch, --ratio and --tokens must be positive");
+    if args.batch == 0 {
+        bail!("--batch 0: the batch must hold at least one row");
+    }
+    if args.tokens == Some(0) {
+        bail!("--tokens 0: there is nothing to train on");
+    }
+    if args.ratio.contains(&0) {
+        bail!("--ratio 0: ratios must be positive");
     }
     if let Some(density) = args.sparse_max_density.filter(|d| !(0.0..=1.0).contains(d)) {
         bail!("--sparse-max-density {density} must be between 0 and 1");
     }
+    // Checked before anything is written, with the message `eval` gives.
+    let device = concord_models::parse_device(&args.device)?;
+    // Duplicates are not removed: two SAEs of one name are an error, as for ratios.
     let mut seeds = args.init_seed.clone();
     seeds.sort_unstable();
-    seeds.dedup();
     let data_seed = match args.data_seed.as_str() {
         "same" => match seeds.as_slice() {
             [s] => *s,
@@ -160,6 +256,13 @@ pub fn run(args: &Args) -> Result<()> {
         let m = ds.manifest();
         let hook = m.hook.to_string();
         for &ratio in &args.ratio {
+            if ds
+                .d()
+                .checked_mul(ratio)
+                .is_none_or(|n| n > i64::MAX as usize)
+            {
+                bail!("--ratio {ratio}: d_sae = {} x {ratio} is too large", ds.d());
+            }
             for &seed in &seeds {
                 let mut spec = SaeSpec::new(arch, stream, &hook, &m.model, ds.d(), ratio);
                 spec.init_seed = seed;
@@ -229,30 +332,64 @@ pub fn run(args: &Args) -> Result<()> {
         data_seed,
         half: args.half.clone(),
         acts: args.acts.iter().map(|p| p.display().to_string()).collect(),
+        datasets: store
+            .datasets()
+            .iter()
+            .map(|ds| DatasetId {
+                hook: ds.hook().to_string(),
+                settings_hash: ds.manifest().settings_hash.clone(),
+                rows: ds.rows(),
+            })
+            .collect(),
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    if device == concord_models::tch::Device::Cpu {
+        check_memory(&specs, args.batch)?;
+    }
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {}: not a folder", args.out.display());
+    }
     let record_path = args.out.join(RECORD);
+    let ckpt = args.out.join(CHECKPOINT);
+    // Whether a record is to be written: a record with nothing trained (a run that failed or
+    // was killed before its first checkpoint) does not count and is replaced.
+    let mut write_record = true;
     if record_path.exists() {
         let old: TrainRecord = concord_core::fsutil::read_json(&record_path)?;
-        if old != record {
-            bail!(
-                "{} holds SAEs trained with other settings; choose another --out",
+        let trained = |r: &TrainRecord| {
+            r.specs.iter().any(|s| {
+                args.out
+                    .join(&s.name)
+                    .join(concord_core::sae::CFG_FILE)
+                    .exists()
+            })
+        };
+        match old.differing_setting(&record) {
+            Some(diff) if ckpt.exists() || trained(&old) => bail!(
+                "{} holds SAEs trained with other settings ({diff}); choose another --out",
                 args.out.display()
-            );
+            ),
+            Some(diff) => {
+                tracing::info!(
+                    "{} holds no checkpoint or SAE of its earlier settings ({diff}): starting afresh",
+                    args.out.display()
+                );
+            }
+            None => {
+                write_record = false;
+                if !ckpt.exists()
+                    && specs.iter().all(|s| {
+                        args.out
+                            .join(&s.name)
+                            .join(concord_core::sae::CFG_FILE)
+                            .exists()
+                    })
+                {
+                    tracing::info!("{} is already trained", args.out.display());
+                    return Ok(());
+                }
+            }
         }
-        if !args.out.join(CHECKPOINT).exists()
-            && specs
-                .iter()
-                .all(|s| args.out.join(&s.name).join("cfg.json").exists())
-        {
-            tracing::info!("{} is already trained", args.out.display());
-            return Ok(());
-        }
-    } else {
-        concord_core::fsutil::write_json_atomic(&record_path, &record)?;
     }
-    let ckpt = args.out.join(CHECKPOINT);
     let opts = TrainOptions {
         device: args.device.clone(),
         total_steps: Some(total_steps),
@@ -270,6 +407,12 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         Trainer::new(specs, opts)?
     };
+    // Written once the trainer stands: a run refused before this leaves nothing behind.
+    if write_record {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        concord_core::fsutil::write_json_atomic(&record_path, &record)?;
+    }
     let done = trainer.steps_done();
     tracing::info!(
         "training {} SAEs on {} hooks: {tokens} tokens ({total_steps} steps of {}), {} windows in the store{}",
@@ -311,6 +454,7 @@ pub fn run(args: &Args) -> Result<()> {
         ..cfg
     };
     let mut feeder = Feeder {
+        store: &store,
         trainer: &mut trainer,
         bar: &bar,
         step: done,
@@ -337,6 +481,45 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a grid whose training state would not fit in the memory available now (Linux's
+/// `MemAvailable`; elsewhere nothing is checked), before anything is allocated. Per SAE:
+/// parameters, their gradients and both Adam moments (`8 d_in d_sae` floats) and about three
+/// `(batch, d_sae)` buffers (codes, their gradient, pre-activations).
+fn check_memory(specs: &[SaeSpec], batch: usize) -> Result<()> {
+    let need = |s: &SaeSpec| -> f64 {
+        4.0 * (s.d_sae as f64) * (8.0 * s.d_in as f64 + 3.0 * batch as f64 + 8.0)
+    };
+    let total: f64 = specs.iter().map(need).sum();
+    let Some(available) = mem_available() else {
+        return Ok(());
+    };
+    if total > available as f64 {
+        let largest = specs
+            .iter()
+            .max_by_key(|s| s.d_sae)
+            .expect("a grid has SAEs");
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        bail!(
+            "not enough memory: SAE {} (d_sae = {}) needs about {:.1} GiB and the grid of {} about {:.1} GiB, but {:.1} GiB are available",
+            largest.name,
+            largest.d_sae,
+            gib(need(largest)),
+            specs.len(),
+            gib(total),
+            gib(available as f64)
+        );
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Rows in the first or second half of the windows.
 fn half_rows(store: &Lockstep, second: bool) -> Result<u64> {
     let ds = &store.datasets()[0];
@@ -356,8 +539,18 @@ fn half_rows(store: &Lockstep, second: bool) -> Result<u64> {
     Ok(rows)
 }
 
+/// The store row (in stored order) of the row `meta` of `ds`: its window's rows are searched
+/// for it (only for error messages).
+fn store_row(ds: &concord_store::Dataset, meta: &RowMeta) -> Option<u64> {
+    let range = ds.window_rows(meta.seq)?;
+    let metas = ds.read_meta(range.clone()).ok()?;
+    let i = metas.iter().position(|m| m == meta)?;
+    Some(range.start + i as u64)
+}
+
 /// Feeds batches to the trainer and shows its progress.
 struct Feeder<'a> {
+    store: &'a Lockstep,
     trainer: &'a mut Trainer,
     bar: &'a Progress,
     /// Batches trained on, counting those before a resume.
@@ -380,7 +573,26 @@ impl Feeder<'_> {
                     rows: xs,
                 })
                 .collect();
-        let stats = self.trainer.step(&batches)?;
+        let stats = match self.trainer.step(&batches) {
+            Err(concord_train::Error::NonFiniteRow {
+                stream,
+                row,
+                column,
+                value,
+            }) => {
+                let ds = &self.store.datasets()[stream];
+                let place = b
+                    .rows
+                    .get(row)
+                    .and_then(|meta| store_row(ds, meta))
+                    .map_or_else(
+                        || format!("{} (row {row} of batch {})", ds.dir().display(), self.step),
+                        |r| crate::eval::describe_row(ds, r),
+                    );
+                bail!("{place} holds a non-finite value ({value}) at column {column}");
+            }
+            r => r?,
+        };
         self.bar.set(self.step * self.batch as u64);
         self.bar.message(format!(
             "loss {:.4}  L0 {:.1}  dead {:.1} %",
@@ -389,5 +601,186 @@ impl Feeder<'_> {
             100.0 * stats.mean_dead_fraction()
         ));
         Ok(self.step < self.total)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::{Path, PathBuf};
+
+    use clap::Parser;
+    use concord_store::{Dtype, HookWriter, ManifestSpec, Packing, RowMeta};
+
+    use super::{Args, RECORD, run};
+
+    /// `D`-wide rows; 12 windows of 16 tokens, in shards of 64 rows (4 windows).
+    pub(crate) const D: usize = 8;
+
+    /// Writes a synthetic hook dataset `dir/blocks.0.hook_resid_post` (deterministic values
+    /// in [-4, 4)); store row `nan_at`, if any, holds a NaN at column 3. Returns the dataset.
+    pub(crate) fn store(dir: &Path, nan_at: Option<u64>) -> PathBuf {
+        let hook = dir.join("blocks.0.hook_resid_post");
+        let spec = ManifestSpec {
+            model: "synthetic".into(),
+            hook: "blocks.0.hook_resid_post".parse().unwrap(),
+            d: D,
+            dtype: Dtype::F32,
+            tokenizer: "synthetic-tok".into(),
+            tokenizer_sha256: "00".repeat(32),
+            corpus_sha256: "11".repeat(32),
+            context_len: 16,
+            packing: Packing::Packed,
+            rows_per_shard: 64,
+            settings: serde_json::json!({"tokens": 192}),
+        };
+        let mut w = HookWriter::open(&hook, &spec).unwrap();
+        for seq in 0..12u64 {
+            let rows: Vec<RowMeta> = (0..16u32)
+                .map(|pos| RowMeta {
+                    doc: seq,
+                    pos,
+                    seq,
+                    token: pos,
+                    byte_start: pos * 4,
+                    byte_end: pos * 4 + 3,
+                })
+                .collect();
+            let mut xs: Vec<f32> = (0..16u64)
+                .flat_map(|pos| {
+                    (0..D as u64)
+                        .map(move |j| ((seq * 31 + pos * 7 + j * 3) % 64) as f32 / 8.0 - 4.0)
+                })
+                .collect();
+            if let Some(r) = nan_at.filter(|r| r / 16 == seq) {
+                xs[(r % 16) as usize * D + 3] = f32::NAN;
+            }
+            w.push_window(&rows, &xs).unwrap();
+        }
+        w.finish().unwrap();
+        hook
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// Runs `concord train` with `args`; the error's one line.
+    pub(crate) fn train(args: &[&str]) -> Result<(), String> {
+        let cli = Cli::try_parse_from(std::iter::once("train").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        run(&cli.args).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn a_failed_run_does_not_block_a_corrected_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let acts = store(tmp.path(), None);
+        let out = tmp.path().join("saes");
+        let (acts_s, out_s) = (acts.to_str().unwrap(), out.to_str().unwrap());
+        let base = [
+            "--acts", acts_s, "--arch", "relu-l1", "--ratio", "2", "--batch", "32", "--out", out_s,
+        ];
+        let with = |extra: &[&'static str]| -> Vec<&str> { [&base[..], extra].concat() };
+        // Refused before training: nothing is left behind.
+        let err = train(&with(&["--ratio", "100000000000"])).unwrap_err();
+        assert!(err.contains("d_sae = 800000000000"), "{err}");
+        let err = train(&with(&["--device", "cuda:7"])).unwrap_err();
+        assert!(err.contains("device \"cuda:7\" is not available"), "{err}");
+        assert!(!out.exists());
+        // Diverges at step 2 and leaves a record of settings that trained nothing.
+        let err = train(&with(&["--lr", "1e6"])).unwrap_err();
+        assert!(err.contains("diverged"), "{err}");
+        assert!(out.join(RECORD).exists());
+        train(&with(&["--lr", "1e-3"])).unwrap();
+        // The same dataset spelled otherwise is the same: already trained.
+        let cwd = std::env::current_dir().unwrap();
+        let relative = pathdiff(&acts, &cwd);
+        for spelling in [format!("{acts_s}/"), relative] {
+            train(&[
+                "--acts", &spelling, "--arch", "relu-l1", "--ratio", "2", "--batch", "32", "--out",
+                out_s, "--lr", "1e-3",
+            ])
+            .unwrap();
+        }
+        // Trained SAEs are not replaced, and the refusal names the setting.
+        let err = train(&with(&["--lr", "2e-3"])).unwrap_err();
+        assert!(
+            err.contains("other settings") && err.contains("hyper.lr: 0.001 there, 0.002 now"),
+            "{err}"
+        );
+    }
+
+    /// `path` relative to `base` (`..` as needed).
+    fn pathdiff(path: &Path, base: &Path) -> String {
+        let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+        let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let mut out = PathBuf::new();
+        for _ in common..b.len() {
+            out.push("..");
+        }
+        for c in &p[common..] {
+            out.push(c);
+        }
+        out.display().to_string()
+    }
+
+    #[test]
+    fn a_non_finite_row_is_named_by_its_shard_and_store_row() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Store row 150: shard 2 (rows 128..192), its row 22; window 9, position 6.
+        let acts = store(tmp.path(), Some(150));
+        let out = tmp.path().join("saes");
+        for shuffle in ["sequences", "rows"] {
+            let err = train(&[
+                "--acts",
+                acts.to_str().unwrap(),
+                "--arch",
+                "topk",
+                "--k",
+                "2",
+                "--ratio",
+                "1",
+                "--batch",
+                "32",
+                "--shuffle",
+                shuffle,
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .unwrap_err();
+            assert!(
+                err.contains("part-00002.parquet row 22 (store row 150, seq 9, pos 6)")
+                    && err.contains("(NaN) at column 3"),
+                "{shuffle}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicates_and_zero_ratios_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let acts = store(tmp.path(), None);
+        let out = tmp.path().join("saes");
+        let (acts, out) = (acts.to_str().unwrap(), out.to_str().unwrap());
+        let run = |ratio: &str, seeds: &str| {
+            train(&[
+                "--acts",
+                acts,
+                "--arch",
+                "relu-l1",
+                "--ratio",
+                ratio,
+                "--init-seed",
+                seeds,
+                "--out",
+                out,
+            ])
+            .unwrap_err()
+        };
+        assert!(run("1,1", "0").contains("two SAEs share this name"));
+        assert!(run("1", "0,0").contains("two SAEs share this name"));
+        assert!(run("1,0", "0").contains("--ratio 0"));
     }
 }

@@ -10,7 +10,8 @@ pub enum Error {
         name: String,
         expected: &'static str,
     },
-    #[error("invalid option for SAE {sae:?}: {reason}")]
+    /// `sae` is empty for options of no one SAE (the device, the evaluation set).
+    #[error("{}{reason}", spec_prefix(sae))]
     InvalidSpec { sae: String, reason: String },
     #[error("input stream {stream} has {got} values, not a multiple of d_in = {d_in}")]
     RaggedBatch {
@@ -27,8 +28,9 @@ pub enum Error {
     },
     #[error("input stream {stream} was not given in this step, but SAE {sae:?} reads it")]
     MissingStream { stream: usize, sae: String },
+    /// `row` counts the rows of this step's batch of `stream`.
     #[error(
-        "input stream {stream}: row {row} holds a non-finite value ({value}) at column {column}"
+        "input stream {stream}: row {row} of the batch holds a non-finite value ({value}) at column {column}"
     )]
     NonFiniteRow {
         stream: usize,
@@ -36,12 +38,20 @@ pub enum Error {
         column: usize,
         value: f32,
     },
-    #[error("SAE {sae:?} diverged at step {step}: loss {loss} (first loss {first})")]
+    /// `row` counts the rows given to [`crate::evaluate`], over all its batches.
+    #[error("evaluation row {row} holds a non-finite value ({value}) at column {column}")]
+    NonFiniteEvalRow { row: u64, column: usize, value: f32 },
+    /// `loss` exceeded the divergence factor times the larger of the first loss and `scale`,
+    /// the first batch's mean square value.
+    #[error(
+        "SAE {sae:?} diverged at step {step}: loss {loss} (first loss {first}, first batch's mean square {scale})"
+    )]
     Diverged {
         sae: String,
         step: u64,
         loss: f64,
         first: f64,
+        scale: f64,
     },
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
@@ -56,6 +66,14 @@ pub enum Error {
     Core(#[from] concord_core::Error),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+fn spec_prefix(sae: &str) -> String {
+    if sae.is_empty() {
+        "invalid option: ".into()
+    } else {
+        format!("invalid option for SAE {sae:?}: ")
+    }
 }
 
 /// The result type of the training crate.

@@ -28,8 +28,8 @@ pub struct EvalReport {
     pub frequency: Vec<f64>,
 }
 
-/// Evaluates `model` on batches of rows, each `(batch, d_in)` row-major. Non-finite values
-/// are errors naming the batch and row; sums are kept in f64.
+/// Evaluates `model` on batches of rows, each `(batch, d_in)` row-major. A non-finite value
+/// is an error naming its row, counted over all batches, and column; sums are kept in f64.
 pub fn evaluate<'a, I>(model: &SaeModel, batches: I) -> Result<EvalReport>
 where
     I: IntoIterator<Item = &'a [f32]>,
@@ -54,9 +54,8 @@ where
             });
         }
         if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFiniteRow {
-                stream: bi,
-                row: i / d_in,
+            return Err(Error::NonFiniteEvalRow {
+                row: tokens + (i / d_in) as u64,
                 column: i % d_in,
                 value: rows[i],
             });

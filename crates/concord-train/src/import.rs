@@ -18,8 +18,9 @@ pub fn load_saelens(dir: &Path) -> Result<Sae> {
     Ok(Sae::load(dir)?)
 }
 
-/// Reads a dictionary_learning `AutoEncoder` state dict saved with `torch.save`
-/// (`encoder.weight (d_sae, d_in)`, `encoder.bias (d_sae)`, `decoder.weight (d_in, d_sae)`,
+/// Reads a dictionary_learning `AutoEncoder` state dict saved with `torch.save` (a plain
+/// dict or `nn.Module.state_dict()`'s `OrderedDict`;
+/// `encoder.weight (d_sae, d_in)`, `encoder.bias (d_sae)`, `decoder.weight (d_in, d_sae)`,
 /// `bias (d_in)`; `encode(x) = ReLU(encoder(x - bias))`, `decode(c) = decoder(c) + bias`) as
 /// an SAE in our layout (`standard`, `apply_b_dec_to_input: true`).
 pub fn load_dictionary_learning(path: &Path, hook_name: &str, model_name: &str) -> Result<Sae> {
@@ -27,8 +28,17 @@ pub fn load_dictionary_learning(path: &Path, hook_name: &str, model_name: &str) 
         path: path.to_owned(),
         reason,
     };
-    let tensors = Tensor::loadz_multi(path)
-        .map_err(|e| bad(format!("not a torch.save'd state dict: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    // Our reader takes plain dicts and `OrderedDict`s (`nn.Module.state_dict()`, which
+    // libtorch's unpickler reads as `None`); libtorch's stays as the fallback for other layouts.
+    let tensors = match crate::pickle::read_state_dict(&bytes) {
+        Ok(t) => t,
+        Err(reason) => Tensor::loadz_multi(path)
+            .map_err(|_| bad(format!("not a torch.save'd state dict: {reason}")))?,
+    };
     let get = |name: &str| -> Result<&Tensor> {
         tensors
             .iter()

@@ -15,6 +15,7 @@ mod import;
 mod init;
 mod math;
 mod model;
+mod pickle;
 mod sparse;
 mod spec;
 mod trainer;

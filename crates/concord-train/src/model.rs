@@ -41,7 +41,8 @@ pub struct SaeModel {
 impl SaeModel {
     /// Loads `sae` onto `device`. Architectures: `standard`, `topk` (needs `k`), `batchtopk`
     /// and `jumprelu` (need a `threshold` tensor; a `batchtopk` folder without one falls back to
-    /// TopK with its `k`).
+    /// TopK with its `k`). A legacy `standard` cfg with `activation_fn_str: "topk"` is TopK with
+    /// `activation_fn_kwargs.k`; an `activation_fn_str` other than `relu` or `topk` is an error.
     pub fn from_sae(sae: &Sae, device: Device) -> Result<SaeModel> {
         let cfg = &sae.cfg;
         let bad = |reason: String| Error::InvalidSpec {
@@ -53,11 +54,43 @@ impl SaeModel {
             Some(t) => Some(Tensor::f_from_slice(t)?.f_to_device(device)?),
             None => None,
         };
+        // SAELens before v6 wrote TopK SAEs as `standard` with `activation_fn_str: "topk"` and
+        // `activation_fn_kwargs: {"k": K}`; an activation function read wrongly would go
+        // unnoticed, so any other we do not implement is an error.
+        let activation_fn = match cfg.extra.get("activation_fn_str") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(other) => return Err(bad(format!("activation_fn_str {other} is not a string"))),
+        };
+        if let Some(f) = activation_fn
+            && !matches!(f, "relu" | "topk")
+        {
+            return Err(bad(format!(
+                "activation_fn_str {f:?} is not supported (expected relu or topk)"
+            )));
+        }
+        let kwargs_k = cfg
+            .extra
+            .get("activation_fn_kwargs")
+            .and_then(|kw| kw.get("k"))
+            .map(|k| {
+                k.as_u64()
+                    .and_then(|k| usize::try_from(k).ok())
+                    .ok_or_else(|| bad(format!("activation_fn_kwargs.k = {k} is not a count")))
+            })
+            .transpose()?;
         let need_k = || {
-            cfg.k
-                .ok_or_else(|| bad(format!("{} SAE without k in cfg.json", cfg.architecture)))
+            cfg.k.or(kwargs_k).ok_or_else(|| {
+                bad(format!(
+                    "{} SAE without k in cfg.json",
+                    activation_fn.unwrap_or(&cfg.architecture)
+                ))
+            })
         };
         let activation = match (cfg.architecture.as_str(), threshold) {
+            ("standard" | "relu", _) if activation_fn == Some("topk") => {
+                Activation::TopK(need_k()?)
+            }
             ("standard" | "relu", _) => Activation::Relu,
             ("topk", _) => Activation::TopK(need_k()?),
             ("batchtopk" | "jumprelu", Some(t)) => Activation::JumpRelu(t),

@@ -405,7 +405,8 @@ pub struct TrainOptions {
     pub checkpoint_every: u64,
     /// Record a point of the training curve every this many steps (at least 1).
     pub curve_every: u64,
-    /// A loss above this factor times the SAE's first loss (or non-finite) is divergence.
+    /// A loss above this factor times the larger of the SAE's first loss and the first
+    /// batch's mean square value (or a non-finite loss) is divergence.
     pub divergence_factor: f64,
     /// On the CPU, codes with at most this share of active entries run the sparse decoder
     /// kernels instead of dense GEMMs (0 turns them off). Results agree to rounding.
@@ -434,9 +435,26 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    /// The libtorch device of [`TrainOptions::device`].
+    /// The libtorch device of [`TrainOptions::device`]; a CUDA device libtorch does not see
+    /// is an error.
     pub fn tch_device(&self) -> Result<tch::Device> {
-        parse_device(&self.device)
+        let device = parse_device(&self.device)?;
+        if let tch::Device::Cuda(i) = device {
+            let reason = if !tch::Cuda::is_available() {
+                Some("libtorch sees no CUDA device")
+            } else if i >= tch::Cuda::device_count() as usize {
+                Some("no such CUDA device")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(Error::InvalidSpec {
+                    sae: String::new(),
+                    reason: format!("device {:?} is not available ({reason})", self.device),
+                });
+            }
+        }
+        Ok(device)
     }
 }
 

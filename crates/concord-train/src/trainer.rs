@@ -70,6 +70,10 @@ impl StepStats {
     }
 }
 
+/// Numbers per SAE in a step's one transfer: loss, MSE, L0 (the pass's stats), dead fraction,
+/// smallest kept activation, and the batch's mean square (first step only).
+const STATS: usize = 6;
+
 /// One point of a training curve (`curve.jsonl`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CurvePoint {
@@ -87,6 +91,10 @@ pub(crate) struct SlotMeta {
     /// BatchTopK's inference threshold (running mean of the smallest kept activation).
     pub threshold: Option<f64>,
     pub first_loss: Option<f64>,
+    /// The mean square of the first batch's values: the loss of reconstructing nothing, the
+    /// divergence test's scale when the first loss is (near) zero.
+    #[serde(default)]
+    pub first_scale: Option<f64>,
     pub b_dec_ready: bool,
     pub curve: Vec<CurvePoint>,
     pub last: Option<SaeStepStats>,
@@ -139,6 +147,7 @@ impl Trainer {
                     tokens: 0,
                     threshold: None,
                     first_loss: None,
+                    first_scale: None,
                     b_dec_ready,
                     curve: Vec::new(),
                     last: None,
@@ -283,8 +292,18 @@ impl Trainer {
                 Some(m) => m.f_view([1])?,
                 None => Tensor::f_full([1], f64::NAN, (Kind::Float, self.device))?,
             };
+            let scale = if slot.meta.first_scale.is_none() {
+                xs.f_square()?.f_mean(Kind::Float)?.f_view([1])?
+            } else {
+                Tensor::f_full([1], f64::NAN, (Kind::Float, self.device))?
+            };
             stats.push(Tensor::f_cat(
-                &[pass.stats.shallow_clone(), dead_frac.f_view([1])?, min_kept],
+                &[
+                    pass.stats.shallow_clone(),
+                    dead_frac.f_view([1])?,
+                    min_kept,
+                    scale,
+                ],
                 0,
             )?);
             pending.push(Pending {
@@ -300,15 +319,20 @@ impl Trainer {
             .f_to_kind(Kind::Double)?
             .f_to_device(Device::Cpu)?;
         let values: Vec<f64> = Vec::try_from(&flat)?;
-        for (slot, v) in self.slots.iter().zip(values.chunks_exact(5)) {
+        for (slot, v) in self.slots.iter().zip(values.chunks_exact(STATS)) {
             let loss = v[0];
             let first = slot.meta.first_loss.unwrap_or(loss);
-            if !loss.is_finite() || loss > self.opts.divergence_factor * first.abs().max(1e-12) {
+            // The first loss alone is no scale: with `b_dec` initialised from the first batch
+            // it is 0 for a batch of one row. The data's own scale bounds it from below.
+            let scale = slot.meta.first_scale.unwrap_or(v[5]);
+            let reference = first.abs().max(scale).max(1e-12);
+            if !loss.is_finite() || loss > self.opts.divergence_factor * reference {
                 return Err(Error::Diverged {
                     sae: slot.meta.spec.name.clone(),
                     step: t + 1,
                     loss,
                     first,
+                    scale,
                 });
             }
         }
@@ -320,7 +344,7 @@ impl Trainer {
             .slots
             .iter_mut()
             .zip(pending)
-            .zip(values.chunks_exact(5))
+            .zip(values.chunks_exact(STATS))
         {
             let spec = &slot.meta.spec;
             if let Some(b) = p.b_dec {
@@ -352,6 +376,7 @@ impl Trainer {
                 });
             }
             slot.meta.first_loss.get_or_insert(v[0]);
+            slot.meta.first_scale.get_or_insert(v[5]);
             let s = SaeStepStats {
                 loss: v[0],
                 mse: v[1],
@@ -444,20 +469,33 @@ impl Trainer {
         for slot in &self.slots {
             let sae = export(slot)?;
             let m = &slot.meta;
-            let metrics = serde_json::json!({
+            let mut metrics = serde_json::json!({
                 "name": m.spec.name,
                 "steps": self.step,
                 "training_tokens": m.tokens,
                 "final": m.last,
-                "threshold": m.threshold,
                 "hyper": m.spec.hyper,
             });
+            // BatchTopK's one inference threshold; JumpReLU's per-feature ones are in the
+            // weights file.
+            if let Some(th) = m.threshold {
+                metrics["threshold"] = serde_json::json!(th);
+            }
             let metrics = serde_json::to_vec_pretty(&metrics).map_err(|e| Error::Checkpoint {
                 path: out.join(&m.spec.name),
                 reason: e.to_string(),
             })?;
             let mut curve = Vec::new();
-            for point in &m.curve {
+            // The curve's last point is the last step, whatever `curve_every` says.
+            let last = match (&m.last, m.curve.last()) {
+                (Some(stats), Some(p)) if p.step != self.step => Some(CurvePoint {
+                    step: self.step,
+                    tokens: m.tokens,
+                    stats: stats.clone(),
+                }),
+                _ => None,
+            };
+            for point in m.curve.iter().chain(&last) {
                 let line = serde_json::to_string(point).map_err(|e| Error::Checkpoint {
                     path: out.join(&m.spec.name),
                     reason: e.to_string(),

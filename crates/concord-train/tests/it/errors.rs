@@ -131,6 +131,61 @@ fn diverging_loss_is_an_error_before_any_update() {
     assert_eq!(resumed.steps_done(), 1);
 }
 
+/// With `b_dec` initialised from a batch of one row, the first loss is exactly 0; later
+/// losses are not divergence for that (they are compared with the data's scale too).
+#[test]
+fn zero_first_loss_is_not_a_scale_for_divergence() {
+    let spec = SaeSpec::new(Arch::ReluL1, 0, "blocks.0.hook_mlp_out", "synthetic", D, 2);
+    let opts = TrainOptions {
+        total_steps: Some(8),
+        ..TrainOptions::default()
+    };
+    let mut t = Trainer::new(vec![spec], opts).unwrap();
+    let rows = synthetic(4, 8, D);
+    let mut losses = Vec::new();
+    for row in rows.chunks(D) {
+        let stats = t
+            .step(&[Batch {
+                stream: 0,
+                width: D,
+                rows: row,
+            }])
+            .unwrap();
+        losses.push(stats.saes[0].loss);
+    }
+    assert_eq!(losses[0], 0.0);
+    assert!(losses[1..].iter().all(|&l| l > 0.0), "{losses:?}");
+    // Rows a million times larger still diverge.
+    let huge: Vec<f32> = rows[..D].iter().map(|v| v * 1e6).collect();
+    let err = t
+        .step(&[Batch {
+            stream: 0,
+            width: D,
+            rows: &huge,
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("diverged") && err.contains("step 9"), "{err}");
+}
+
+/// Options of no one SAE are named as such (no `SAE ""`); a CUDA device libtorch does not see
+/// is refused before anything is allocated.
+#[test]
+fn device_errors_are_clean() {
+    let spec = || SaeSpec::new(Arch::ReluL1, 0, "blocks.0.hook_mlp_out", "synthetic", D, 2);
+    for (device, expected) in [
+        ("tpu", "unknown device \"tpu\""),
+        ("cuda:7", "device \"cuda:7\" is not available"),
+    ] {
+        let opts = TrainOptions {
+            device: device.into(),
+            ..TrainOptions::default()
+        };
+        let err = Trainer::new(vec![spec()], opts).unwrap_err().to_string();
+        assert!(err.contains(expected) && !err.contains("SAE \"\""), "{err}");
+    }
+}
+
 #[test]
 fn unknown_architectures_and_bad_specs_are_refused() {
     let err = "gated".parse::<Arch>().unwrap_err().to_string();

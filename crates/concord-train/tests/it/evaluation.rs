@@ -103,3 +103,16 @@ fn splice_meter_reports_loss_recovered_and_kl() {
     assert!((m.report().kl - want).abs() < 1e-6, "{}", m.report().kl);
     assert!(m.add(&one, &ones(1.0), &one, &clean, &flat).is_err());
 }
+
+/// A non-finite value is named by its row over the whole evaluation set, not its batch's.
+#[test]
+fn non_finite_row_is_counted_over_all_batches() {
+    let mut rows = [1.0f32, -2.0, 3.0, 4.0, -1.0, 5.0, 2.0, 1.0];
+    rows[7] = f32::NAN;
+    let model = SaeModel::from_sae(&sign_sae("standard", None), Device::Cpu).unwrap();
+    let err = evaluate(&model, rows.chunks(4)).unwrap_err().to_string();
+    assert!(
+        err.contains("evaluation row 3 ") && err.contains("column 1") && err.contains("NaN"),
+        "{err}"
+    );
+}

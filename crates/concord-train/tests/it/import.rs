@@ -48,6 +48,17 @@ fn dictionary_learning_ae_pt_encodes_like_pytorch_and_round_trips() {
     assert_eq!(load_saelens(out.path()).unwrap(), sae);
 }
 
+/// dictionary_learning writes `torch.save(ae.state_dict())`: an `OrderedDict` of parameters
+/// with `_metadata`, which libtorch's own unpickler reads as `None`.
+#[test]
+fn ordered_dict_ae_pt_loads_like_the_plain_dict() {
+    let dir = reference_dir();
+    let plain = load_dictionary_learning(&dir.join("ae.pt"), "h", "m").unwrap();
+    let ordered = load_dictionary_learning(&dir.join("ae_state_dict.pt"), "h", "m").unwrap();
+    assert_eq!(ordered.weights, plain.weights);
+    assert_eq!(ordered.cfg.d_sae, 8);
+}
+
 #[test]
 fn minimal_saelens_folder_loads_and_keeps_unknown_keys() {
     let tmp = tempdir();
@@ -75,6 +86,53 @@ fn minimal_saelens_folder_loads_and_keeps_unknown_keys() {
     let out = tempdir();
     sae.save(out.path(), &[]).unwrap();
     assert_eq!(Sae::load(out.path()).unwrap(), sae);
+}
+
+/// SAELens before v6: TopK as `standard` with `activation_fn_str` and `activation_fn_kwargs`.
+#[test]
+fn legacy_saelens_topk_cfg_is_topk_and_unknown_activations_are_errors() {
+    let w = SaeWeights {
+        d_in: 2,
+        d_sae: 3,
+        w_enc: vec![1.0, 0.0, 0.5, 0.0, 1.0, 0.5],
+        b_enc: vec![0.0, 0.0, 0.0],
+        w_dec: vec![1.0, 0.0, 0.0, 1.0, 0.6, 0.8],
+        b_dec: vec![0.0, 0.0],
+        threshold: None,
+    };
+    let folder = |extra: &str| {
+        let tmp = tempdir();
+        std::fs::write(
+            tmp.path().join("cfg.json"),
+            format!(
+                r#"{{"d_in": 2, "d_sae": 3, "architecture": "standard", "hook_name": "h",
+                    "model_name": "m"{extra}}}"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join(WEIGHTS_FILE), w.to_safetensors()).unwrap();
+        tmp
+    };
+    let xs = Tensor::from_slice(&[1.0f32, 2.0]).view([1, 2]);
+    let l0 = |extra: &str| -> Result<i64, String> {
+        let dir = folder(extra);
+        let model = SaeModel::from_sae(&load_saelens(dir.path()).unwrap(), Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        Ok(model
+            .encode(&xs)
+            .unwrap()
+            .gt(0.0)
+            .sum(tch::Kind::Int64)
+            .int64_value(&[]))
+    };
+    assert_eq!(l0("").unwrap(), 3);
+    assert_eq!(l0(r#", "activation_fn_str": "relu""#).unwrap(), 3);
+    let topk = r#", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 1}"#;
+    assert_eq!(l0(topk).unwrap(), 1);
+    let err = l0(r#", "activation_fn_str": "topk""#).unwrap_err();
+    assert!(err.contains("without k"), "{err}");
+    let err = l0(r#", "activation_fn_str": "tanh""#).unwrap_err();
+    assert!(err.contains("activation_fn_str \"tanh\""), "{err}");
 }
 
 #[test]

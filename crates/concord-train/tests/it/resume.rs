@@ -139,7 +139,56 @@ fn resume_is_bitwise_identical() {
     let out_b = tempdir();
     full.save(out_a.path()).unwrap();
     resumed.save(out_b.path()).unwrap();
-    let name = &specs()[2].name;
-    let read = |p: &std::path::Path| std::fs::read(p.join(name).join("curve.jsonl")).unwrap();
-    assert_eq!(read(out_a.path()), read(out_b.path()));
+    // Every file byte for byte: the curve's floats went through `trainer.json` and back.
+    for spec in specs() {
+        for file in ["curve.jsonl", "metrics.json", "cfg.json"] {
+            let read = |p: &std::path::Path| std::fs::read(p.join(&spec.name).join(file)).unwrap();
+            assert!(
+                read(out_a.path()) == read(out_b.path()),
+                "{} {file} differs after a resume",
+                spec.name
+            );
+        }
+    }
+}
+
+/// `curve.jsonl` ends with the last step, and `metrics.json` holds a `threshold` only where
+/// it has one number (BatchTopK's).
+#[test]
+fn curve_ends_at_the_last_step_and_metrics_hold_no_null_threshold() {
+    let (a, b) = (synthetic(23, 12 * BATCH, D), synthetic(24, 12 * BATCH, D));
+    let opts = TrainOptions {
+        total_steps: Some(12),
+        curve_every: 10,
+        ..TrainOptions::default()
+    };
+    let mut t = Trainer::new(specs(), opts).unwrap();
+    for s in 0..12 {
+        step(&mut t, &a, &b, s);
+    }
+    let out = tempdir();
+    t.save(out.path()).unwrap();
+    for spec in specs() {
+        let dir = out.path().join(&spec.name);
+        let curve = std::fs::read_to_string(dir.join("curve.jsonl")).unwrap();
+        let steps: Vec<u64> = curve
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(steps, [1, 10, 12], "{}", spec.name);
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+        match spec.arch {
+            Arch::BatchTopK => assert!(metrics["threshold"].as_f64().unwrap() > 0.0),
+            _ => assert!(
+                metrics.get("threshold").is_none(),
+                "{}: {metrics}",
+                spec.name
+            ),
+        }
+    }
 }

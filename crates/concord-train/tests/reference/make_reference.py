@@ -7,8 +7,10 @@ Writes, next to this script:
 - `init.safetensors`: `W_enc (n, d)` and `W_dec (n, d)`, xavier-uniform as the study inits them;
 - `reference.json`: the loss, mse and L0 of every step, and the final MSE, FVU and L0 over the
   whole sample;
-- `ae.pt`: a tiny dictionary_learning state dict saved with `torch.save`, with an input row and
-  its feature activations under `ae_pt` in `reference.json`.
+- `ae.pt`: a tiny dictionary_learning state dict saved with `torch.save` (a plain dict), with an
+  input row and its feature activations under `ae_pt` in `reference.json`;
+- `ae_state_dict.pt`: the same weights saved from `nn.Module.state_dict()` (an `OrderedDict`),
+  as dictionary_learning writes them.
 
 Run: `.venv/bin/python crates/concord-train/tests/reference/make_reference.py`
 (torch 2.13, CPU, fp32, one thread).
@@ -99,6 +101,21 @@ ae = {"bias": torch.randn(4, generator=g), "encoder.weight": torch.randn(8, 4, g
 torch.save(ae, os.path.join(HERE, "ae.pt"))
 x = torch.randn(4, generator=g)
 f = F.relu((x - ae["bias"]) @ ae["encoder.weight"].T + ae["encoder.bias"])
+
+
+# The same weights as dictionary_learning really writes them, `torch.save(ae.state_dict())`:
+# an `OrderedDict` (with `_metadata`) that libtorch's unpickler cannot read.
+class AutoEncoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Linear(4, 8)
+        self.decoder = torch.nn.Linear(8, 4, bias=False)
+        self.bias = torch.nn.Parameter(torch.zeros(4))
+
+
+module = AutoEncoder()
+module.load_state_dict(ae)
+torch.save(module.state_dict(), os.path.join(HERE, "ae_state_dict.pt"))
 
 out = {
     "rows": ROWS, "d": D, "n": N, "batch": BATCH, "epochs": EPOCHS, "l1": L1, "lr": LR,

@@ -348,8 +348,16 @@ pub fn run(args: &Args) -> Result<()> {
     if args.out.exists() && !args.out.is_dir() {
         bail!("--out {}: not a folder", args.out.display());
     }
+    // One `train` at a time writes a folder (a new folder is locked once it is made).
+    let mut _lock = match args.out.is_dir() {
+        true => Some(concord_core::fsutil::DirLock::acquire(&args.out)?),
+        false => None,
+    };
     let record_path = args.out.join(RECORD);
     let ckpt = args.out.join(CHECKPOINT);
+    // A checkpoint write killed midway leaves temporary folders, or the last checkpoint
+    // under its moved-aside name.
+    concord_core::sae::recover_dir(&ckpt)?;
     // Whether a record is to be written: a record with nothing trained (a run that failed or
     // was killed before its first checkpoint) does not count and is replaced.
     let mut write_record = true;
@@ -411,6 +419,9 @@ pub fn run(args: &Args) -> Result<()> {
     if write_record {
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("cannot create {}", args.out.display()))?;
+        if _lock.is_none() {
+            _lock = Some(concord_core::fsutil::DirLock::acquire(&args.out)?);
+        }
         concord_core::fsutil::write_json_atomic(&record_path, &record)?;
     }
     let done = trainer.steps_done();
@@ -710,6 +721,13 @@ pub(crate) mod tests {
             err.contains("other settings") && err.contains("hyper.lr: 0.001 there, 0.002 now"),
             "{err}"
         );
+        // A live process holding the folder keeps another run out; a dead one's lock does not.
+        std::fs::write(out.join(".lock"), "1").unwrap();
+        let err = train(&with(&["--lr", "1e-3"])).unwrap_err();
+        assert!(err.contains("another process (1)"), "{err}");
+        std::fs::write(out.join(".lock"), format!("{}", u32::MAX)).unwrap();
+        train(&with(&["--lr", "1e-3"])).unwrap();
+        assert!(!out.join(".lock").exists());
     }
 
     /// `path` relative to `base` (`..` as needed).

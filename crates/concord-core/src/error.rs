@@ -5,6 +5,8 @@ use std::path::PathBuf;
 /// Errors from parsing names and reading or writing the shared file formats.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{dir}: another process ({pid}) is writing here")]
+    Locked { dir: PathBuf, pid: u32 },
     #[error("invalid hook name {name:?}: {reason}")]
     InvalidHook { name: String, reason: &'static str },
     #[error("{path}: {source}")]

@@ -128,3 +128,60 @@ mod tests {
         );
     }
 }
+
+/// The name of a [`DirLock`]'s file.
+pub const LOCK_FILE: &str = ".lock";
+
+/// An advisory lock on a folder: a `.lock` file holding the writer's process id, so that two
+/// processes never write (or clean up) one folder at once. A lock whose process is gone (no
+/// `/proc/<pid>`), or is this process, is stale and taken over; on systems without `/proc`
+/// every lock counts as stale. Dropping it removes the file.
+#[derive(Debug)]
+pub struct DirLock {
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// Takes the lock of `dir` (which must exist), or fails with [`Error::Locked`].
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let me = std::process::id();
+        loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    write!(f, "{me}").map_err(|e| Error::io(&path, e))?;
+                    return Ok(DirLock { path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let holder = fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    if let Some(pid) =
+                        holder.filter(|&p| p != me && Path::new(&format!("/proc/{p}")).exists())
+                    {
+                        return Err(Error::Locked {
+                            dir: dir.to_owned(),
+                            pid,
+                        });
+                    }
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&path, e)),
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}

@@ -258,8 +258,8 @@ impl Sae {
 
 /// Writes a folder of files atomically (see [`Sae::save`]).
 pub fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    recover_dir(dir)?;
     let tmp: PathBuf = fsutil::temp_path(dir);
-    let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     for (name, bytes) in files {
         let path = tmp.join(name);
@@ -277,9 +277,65 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
 }
 
+/// Repairs what a killed [`write_dir_atomic`] of `dir` left: when `dir` is missing but its
+/// previous version was moved aside (`.NAME.tmp-PID.old`), that version takes its name back;
+/// then every leftover temporary sibling (`.NAME.tmp-*`, of any process) is removed. Call it
+/// before asking whether `dir` exists.
+pub fn recover_dir(dir: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(());
+    };
+    let mut leftovers: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    leftovers.sort();
+    if !dir.exists()
+        && let Some(old) = leftovers
+            .iter()
+            .find(|p| p.extension().is_some_and(|x| x == "old"))
+    {
+        fs::rename(old, dir).map_err(|e| Error::io(dir, e))?;
+    }
+    for path in leftovers.iter().filter(|p| p.exists()) {
+        fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_folder_write_is_repaired() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        write_dir_atomic(&dir, &[("a", b"1")]).unwrap();
+        // Killed while writing the next version (its temporary folder left behind), then
+        // between the two renames (the old version aside, the new one not yet in place).
+        fs::create_dir(root.path().join(".ckpt.tmp-99999")).unwrap();
+        fs::rename(&dir, root.path().join(".ckpt.tmp-99998.old")).unwrap();
+        recover_dir(&dir).unwrap();
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"1");
+        let names: Vec<String> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ckpt"]);
+        write_dir_atomic(&dir, &[("a", b"2")]).unwrap();
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"2");
+    }
 
     fn tiny() -> Sae {
         let (d_in, d_sae) = (3, 4);

@@ -19,8 +19,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
+use concord_core::fsutil::{self, DirLock, LOCK_FILE};
 use concord_core::manifest::{MANIFEST_FILE, Packing, ShardInfo};
-use concord_core::{Dtype, HookName, StoreManifest, fsutil};
+use concord_core::{Dtype, HookName, StoreManifest};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -322,56 +323,6 @@ fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp-")
 }
 
-/// The name of a dataset's writer lock.
-const LOCK_FILE: &str = ".lock";
-
-/// An advisory lock on a dataset folder: a `.lock` file holding the writer's process id,
-/// so that two harvests never write (or clean up) one dataset at once. A lock whose process
-/// is gone (no `/proc/<pid>`), or is this process, is stale and taken over; on systems
-/// without `/proc` every lock counts as stale.
-#[derive(Debug)]
-struct DirLock {
-    path: PathBuf,
-}
-
-impl DirLock {
-    fn acquire(dir: &Path) -> Result<DirLock> {
-        let path = dir.join(LOCK_FILE);
-        let me = std::process::id();
-        loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    write!(f, "{me}").map_err(|e| Error::io(&path, e))?;
-                    return Ok(DirLock { path });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok());
-                    if let Some(pid) =
-                        holder.filter(|&p| p != me && Path::new(&format!("/proc/{p}")).exists())
-                    {
-                        return Err(Error::Locked {
-                            dir: dir.to_owned(),
-                            pid,
-                        });
-                    }
-                    match fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(&path, e)),
-                    }
-                }
-                Err(e) => return Err(Error::io(&path, e)),
-            }
-        }
-    }
-}
-
 /// Refuses to add hooks to a store whose other datasets come from another harvest (another
 /// model, tokenizer, corpus, context, packing or bounds): the hooks of a store are read in
 /// lockstep, row for row. Per-hook settings (width, dtype, shard size) may differ.
@@ -439,12 +390,6 @@ fn redo_damaged_shards(dir: &Path, mut m: StoreManifest) -> Result<StoreManifest
     Ok(m)
 }
 
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
 impl HookWriter {
     /// Opens the dataset in `dir`: creates it when `dir` is missing or empty, resumes it when
     /// its manifest has the same settings hash, and refuses anything else (a dataset with
@@ -456,7 +401,10 @@ impl HookWriter {
         let manifest_path = dir.join(MANIFEST_FILE);
         let made_dir = !dir.exists();
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let lock = DirLock::acquire(dir)?;
+        let lock = DirLock::acquire(dir).map_err(|e| match e {
+            concord_core::Error::Locked { dir, pid } => Error::Locked { dir, pid },
+            other => other.into(),
+        })?;
         let mut entries: Vec<String> = fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))

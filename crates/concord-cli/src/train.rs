@@ -51,7 +51,9 @@ pub struct Args {
     /// Adam learning rate (default per architecture: 1e-3 for ReLU SAEs).
     #[arg(long)]
     lr: Option<f64>,
-    /// Training tokens (default: one epoch of the store).
+    /// Training tokens (default: one epoch of the store): `ceil(N / batch)` steps; past the
+    /// store's rows, further shuffled passes follow, and each pass ends with its short batch,
+    /// so `training_tokens` (in `cfg.json`) counts the rows actually seen.
     #[arg(long)]
     tokens: Option<u64>,
     /// Tokens (rows) per batch.
@@ -323,7 +325,10 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let tokens = args.tokens.unwrap_or(rows);
     let total_steps = tokens.div_ceil(args.batch as u64);
-    let epochs = tokens.div_ceil(rows.max(1)).max(1);
+    // Passes over the rows that `total_steps` reach (each pass ends with its short batch).
+    let epochs = total_steps
+        .div_ceil(rows.max(1).div_ceil(args.batch as u64))
+        .max(1);
     let record = TrainRecord {
         specs: specs.clone(),
         tokens,
@@ -436,10 +441,9 @@ pub fn run(args: &Args) -> Result<()> {
             .map(|h| format!(", {h} half"))
             .unwrap_or_default()
     );
-    if tokens > rows {
+    if epochs > 1 {
         tracing::info!(
-            "{tokens} tokens are {:.1} passes over the {rows} rows read: rows are seen again",
-            tokens as f64 / rows.max(1) as f64
+            "{tokens} tokens are {epochs} passes over the {rows} rows read: rows are seen again"
         );
     }
     let cfg = ReadConfig {

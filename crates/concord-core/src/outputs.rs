@@ -26,16 +26,21 @@ pub struct Interval {
 }
 
 impl Interval {
+    /// The interval of no values: NaNs.
+    fn undefined() -> Interval {
+        Interval {
+            mean: f64::NAN,
+            lo: f64::NAN,
+            hi: f64::NAN,
+            n: 0,
+        }
+    }
+
     /// The mean and a normal-approximation 95 % interval (t-quantile for small n) of `xs`.
     pub fn of(xs: &[f64]) -> Interval {
         let n = xs.len();
         if n == 0 {
-            return Interval {
-                mean: f64::NAN,
-                lo: f64::NAN,
-                hi: f64::NAN,
-                n,
-            };
+            return Interval::undefined();
         }
         let mean = xs.iter().sum::<f64>() / n as f64;
         if n == 1 {
@@ -68,12 +73,7 @@ impl Interval {
     pub fn quantiles(xs: &[f64]) -> Interval {
         let n = xs.len();
         if n == 0 {
-            return Interval {
-                mean: f64::NAN,
-                lo: f64::NAN,
-                hi: f64::NAN,
-                n,
-            };
+            return Interval::undefined();
         }
         let mut sorted = xs.to_vec();
         sorted.sort_by(f64::total_cmp);

@@ -4,7 +4,7 @@
 use concord_core::sae::Sae;
 use concord_train::{Arch, Batch, SaeModel, SaeSpec, TrainOptions, Trainer, evaluate};
 
-use crate::util::{synthetic, tempdir};
+use crate::util::{curve_steps, synthetic, tempdir};
 
 const D: usize = 16;
 const BATCH: usize = 64;
@@ -225,15 +225,7 @@ fn grid_of_two_streams_writes_saelens_folders() {
         (Some(8e-4), None, Some(true))
     );
     assert_eq!(cfg.hook_name, "blocks.2.hook_mlp_out");
-    let curve = std::fs::read_to_string(dirs[2].join("curve.jsonl")).unwrap();
-    let steps: Vec<u64> = curve
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let steps = curve_steps(&dirs[2]);
     assert_eq!(steps, vec![1, 2, 4]);
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dirs[0].join("metrics.json")).unwrap())

@@ -3,7 +3,7 @@
 
 use concord_train::{Arch, Batch, SaeSpec, TrainOptions, Trainer};
 
-use crate::util::{synthetic, tempdir};
+use crate::util::{curve_steps, synthetic, tempdir};
 
 const D: usize = 12;
 const BATCH: usize = 32;
@@ -170,15 +170,7 @@ fn curve_ends_at_the_last_step_and_metrics_hold_no_null_threshold() {
     t.save(out.path()).unwrap();
     for spec in specs() {
         let dir = out.path().join(&spec.name);
-        let curve = std::fs::read_to_string(dir.join("curve.jsonl")).unwrap();
-        let steps: Vec<u64> = curve
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let steps = curve_steps(&dir);
         assert_eq!(steps, [1, 10, 12], "{}", spec.name);
         let metrics: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();

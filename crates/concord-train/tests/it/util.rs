@@ -72,3 +72,16 @@ pub fn read_safetensors(path: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The `step` of every line of an SAE folder's `curve.jsonl`.
+pub fn curve_steps(sae_dir: &std::path::Path) -> Vec<u64> {
+    let curve = std::fs::read_to_string(sae_dir.join("curve.jsonl")).unwrap();
+    curve
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}

@@ -72,7 +72,7 @@ fn load(path: &std::path::Path, acts: Option<&PathBuf>) -> Result<Sae> {
 pub fn run(args: &Args) -> Result<()> {
     let start = Instant::now();
     if let Some(matches) = &args.matches
-        && std::path::absolute(matches)? == std::path::absolute(&args.out)?
+        && resolved(matches) == resolved(&args.out)
     {
         bail!(
             "--matches and --out are the same file ({}): the table would be overwritten by the JSON",
@@ -177,6 +177,22 @@ pub fn run(args: &Args) -> Result<()> {
     out.seconds = start.elapsed().as_secs_f64();
     fsutil::write_json_atomic(&args.out, &out)?;
     Ok(())
+}
+
+/// `path` as the file system will see it: the file itself resolved when it exists (links,
+/// `..`), else its resolved folder and its name; as given when neither resolves.
+fn resolved(path: &std::path::Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    match (parent.canonicalize(), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+    }
 }
 
 fn dirs(d: &concord_align::DirectionPair) -> Directions {

@@ -121,6 +121,35 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_outlives_neither_a_zombie_nor_a_process_that_finishes_dying() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_of = |pid: u32| fs::write(dir.path().join(LOCK_FILE), pid.to_string()).unwrap();
+        // Finished but not reaped: a zombie's lock is taken at once.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        lock_of(zombie.id());
+        let start = std::time::Instant::now();
+        drop(DirLock::acquire(dir.path()).unwrap());
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        zombie.wait().unwrap();
+        // Still running for a moment (as a killed process syncing a file): waited for.
+        let mut dying = std::process::Command::new("sleep")
+            .arg("1")
+            .spawn()
+            .unwrap();
+        lock_of(dying.id());
+        let reaper = std::thread::spawn(move || dying.wait().unwrap());
+        let lock = DirLock::acquire(dir.path()).unwrap();
+        reaper.join().unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap(),
+            std::process::id().to_string()
+        );
+        drop(lock);
+        assert!(!dir.path().join(LOCK_FILE).exists());
+    }
+
+    #[test]
     fn sha256_of_known_input() {
         assert_eq!(
             sha256_bytes(b"abc"),
@@ -160,9 +189,7 @@ impl DirLock {
                     let holder = fs::read_to_string(&path)
                         .ok()
                         .and_then(|s| s.trim().parse::<u32>().ok());
-                    if let Some(pid) =
-                        holder.filter(|&p| p != me && Path::new(&format!("/proc/{p}")).exists())
-                    {
+                    if let Some(pid) = holder.filter(|&p| p != me && outlives(p, LOCK_WAIT)) {
                         return Err(Error::Locked {
                             dir: dir.to_owned(),
                             pid,
@@ -178,6 +205,30 @@ impl DirLock {
             }
         }
     }
+}
+
+/// How long a lock's holder may take to finish dying: a process killed while it syncs a file
+/// stays in `/proc` until the sync returns (seconds, on a loaded disk), and a rerun started
+/// at once should take over its lock rather than fail.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether process `pid` is still running after up to `wait` (a zombie has finished).
+fn outlives(pid: u32, wait: std::time::Duration) -> bool {
+    let running = || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // `pid (comm) state ...`: the state follows the last ')'.
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+        })
+    };
+    let start = std::time::Instant::now();
+    while running() {
+        if start.elapsed() >= wait {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
 }
 
 impl Drop for DirLock {

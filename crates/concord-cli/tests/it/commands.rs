@@ -535,6 +535,29 @@ fn align_reports_zero_features_labelled_nulls_and_refuses_one_file_for_two_outpu
         "the same file",
     );
     assert!(!out.exists());
+    // The same file by `..` or through a link to its folder.
+    let dotdot = dir.path().join("sub/../o.json");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    for other in [dotdot, link.join("o.json")] {
+        let other = other.to_str().unwrap();
+        check_error(
+            &[
+                "align",
+                "--a",
+                a,
+                "--b",
+                b,
+                "--out",
+                other,
+                "--matches",
+                out_s,
+            ],
+            "the same file",
+        );
+    }
+    assert!(!out.exists());
     let (ok, err) = concord(&["align", "--a", a, "--b", b, "--out", out_s, "--null", "3"]);
     assert!(ok, "{err}");
     assert!(err.contains("3 of b are zero vectors"), "{err}");

@@ -60,6 +60,9 @@ pub struct Report {
     pub intro: Vec<String>,
     pub findings: Vec<Finding>,
     pub sections: Vec<Section>,
+    /// The "Caveats" section the verdicts refer to, after the other sections: one paragraph
+    /// each.
+    pub caveats: Vec<String>,
 }
 
 impl Report {

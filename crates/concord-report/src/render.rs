@@ -74,6 +74,13 @@ pub fn markdown(r: &Report) -> String {
             md.push_str(&markdown_table(t));
         }
     }
+    if !r.caveats.is_empty() {
+        md.push_str("## Caveats\n\n");
+        for c in &r.caveats {
+            let _ = writeln!(md, "- {c}");
+        }
+        md.push('\n');
+    }
     md
 }
 
@@ -161,6 +168,13 @@ pub fn html(r: &Report) -> String {
             h.push_str("</table>\n");
         }
     }
+    if !r.caveats.is_empty() {
+        h.push_str("<h2 id=\"caveats\">Caveats</h2>\n<ul>\n");
+        for c in &r.caveats {
+            let _ = writeln!(h, "<li>{}</li>", esc(c));
+        }
+        h.push_str("</ul>\n");
+    }
     h.push_str("</body></html>\n");
     h
 }
@@ -196,6 +210,7 @@ mod tests {
                 }],
                 ..Section::default()
             }],
+            caveats: vec!["short <training>".into()],
         };
         let page = html(&r);
         assert!(page.contains("A &lt;study&gt;") && page.contains("x &amp; y"));
@@ -206,5 +221,9 @@ mod tests {
         assert!(
             md.contains("![T](figures/f1.svg)") && md.contains("| Size? | 0.61 [0.58, 0.64] |")
         );
+        assert!(
+            page.contains("<h2 id=\"caveats\">Caveats</h2>\n<ul>\n<li>short &lt;training&gt;</li>")
+        );
+        assert!(md.ends_with("## Caveats\n\n- short <training>\n\n"), "{md}");
     }
 }

@@ -57,6 +57,63 @@ fn fmt_interval(i: &Interval) -> String {
     }
 }
 
+/// The range a quantity can take, for clipping its intervals.
+#[derive(Clone, Copy, Debug)]
+struct Range(f64, f64);
+/// Fractions, and cosines or correlations of matched or best-matching features as reported.
+const UNIT: Range = Range(0.0, 1.0);
+/// Counts per token (L0) and FVU.
+const NON_NEGATIVE: Range = Range(0.0, f64::INFINITY);
+
+/// [`Interval::of`] with its bounds clipped to `range`, widened to any value of `xs` outside
+/// it (a mean-and-t interval of a bounded quantity can otherwise cross its bound).
+fn interval_in(xs: &[f64], range: Range) -> Interval {
+    let mut i = Interval::of(xs);
+    let lo = xs.iter().copied().fold(range.0, f64::min);
+    let hi = xs.iter().copied().fold(range.1, f64::max);
+    i.lo = i.lo.max(lo);
+    i.hi = i.hi.min(hi);
+    i
+}
+
+/// The training identity of an SAE: two SAEs with the same one are the same SAE, whichever
+/// grids list them (training settings other than tokens are shared by the whole study).
+type Identity = (
+    String,
+    String,
+    String,
+    u32,
+    u64,
+    DataSeed,
+    Option<String>,
+    u64,
+);
+
+fn identity(plan: &Plan, s: &SaeRef) -> Identity {
+    let g = plan.study.grids.iter().find(|g| g.name == s.grid);
+    let tokens = g.and_then(|g| g.tokens).unwrap_or(plan.study.train.tokens);
+    (
+        s.model.clone(),
+        s.hook.clone(),
+        s.arch.clone(),
+        s.ratio,
+        s.init_seed,
+        s.data_seed,
+        s.half.clone(),
+        tokens,
+    )
+}
+
+/// Per SAE: the index of the first SAE of the plan with its training identity.
+fn canonical_saes(plan: &Plan) -> Vec<usize> {
+    let mut first: BTreeMap<Identity, usize> = BTreeMap::new();
+    plan.saes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| *first.entry(identity(plan, s)).or_insert(i))
+        .collect()
+}
+
 fn slug(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -75,6 +132,7 @@ pub fn assemble(plan: &Plan, out: &Outputs) -> Result<(Report, Vec<ResultRow>)> 
     let mut ctx = Ctx {
         plan,
         out,
+        canon: canonical_saes(plan),
         sections: Vec::new(),
         findings: Vec::new(),
     };
@@ -130,18 +188,71 @@ pub fn assemble(plan: &Plan, out: &Outputs) -> Result<(Report, Vec<ResultRow>)> 
             study.null_seeds
         ),
     ];
+    let duplicates = ctx
+        .canon
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i != **c)
+        .count();
     let report = Report {
         title: format!("SAE universality: study `{}`", study.name),
         intro,
         findings: ctx.findings,
         sections: ctx.sections,
+        caveats: caveats(plan, duplicates),
     };
     Ok((report, rows))
+}
+
+/// The caveats section: what limits the verdicts, and how the numbers are summarised.
+fn caveats(plan: &Plan, duplicates: usize) -> Vec<String> {
+    let study = &plan.study;
+    let mut tokens: Vec<u64> = study
+        .grids
+        .iter()
+        .map(|g| g.tokens.unwrap_or(study.train.tokens))
+        .collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    let tokens: Vec<String> = tokens.iter().map(u64::to_string).collect();
+    vec![
+        format!(
+            "Short training: each SAE sees {} training tokens, against hundreds of millions for the published SAEs, so the SAEs are \
+             far from convergence. Seed consistency and variance explained are expected to be lower than published, and differences \
+             between settings may shrink or reverse with longer training. The models are small and the corpus ({}, {} documents) \
+             is narrow.",
+            tokens.join(" or "),
+            study.corpus,
+            study.docs
+        ),
+        "Size consistency is partly an init artefact: with the same init seed, SAEs of different sizes start with the same \
+         encoder directions for their shared features, because the initialiser draws the same values in the same order and only \
+         the scale (the xavier bound) depends on the size; feature j of the 1:1 SAE and feature j of the 1:2 SAE start with \
+         encoder columns of cosine 1 (checked on this crate's init; the study's PyTorch xavier init has the same property). \
+         Encoder MMCS and encoder matching between sizes are therefore inflated, the more so with short training. For \
+         relu-l1-faithful the decoder is drawn after the encoder and starts unrelated, so decoder comparisons are the ones to \
+         read; for the other architectures the encoder starts as the decoder's transpose, and the decoder prefix is shared too."
+            .to_owned(),
+        "Intervals: the mean and a 95 % interval, mean +- t(0.975, n - 1) s / sqrt(n) over the n distinct pairs or SAEs (n > 31: \
+         1.96), clipped to the quantity's range (fractions, variance explained, loss recovered, cosines and correlations of \
+         matched features to [0, 1], L0 and FVU to values >= 0), widened only to an observed value outside that range. n = 1 \
+         shows no interval, and a verdict that rests on one comparison, or on a tie, says so instead of claiming a difference."
+            .to_owned(),
+        format!(
+            "Repeated SAEs: an SAE with the same training identity (model, hook, architecture, ratio, init seed, data seed, half, \
+             tokens and the study's training settings) in several grids is trained once per grid, with identical weights, and \
+             counted once in the summary statistics (the seed, data and architecture tables and findings, the frequency curve, the \
+             evaluation table and its finding); the per-grid figures show it in each grid. This study has {duplicates} such repeated \
+             SAE(s)."
+        ),
+    ]
 }
 
 struct Ctx<'a> {
     plan: &'a Plan,
     out: &'a Outputs,
+    /// Per SAE: the first SAE with its training identity (see [`canonical_saes`]).
+    canon: Vec<usize>,
     sections: Vec<Section>,
     findings: Vec<Finding>,
 }
@@ -171,8 +282,26 @@ impl<'a> Ctx<'a> {
         self.align(p).matching.get(which)
     }
 
+    /// The pair's null, when its shape is the shape the align step measured.
     fn null(&self, p: &Pair) -> Option<&'a NullOutput> {
-        p.null.as_ref().and_then(|n| self.out.null.get(n))
+        null_of(p, self.align(p), self.out)
+    }
+
+    /// Whether SAE `i` is the first with its training identity.
+    fn distinct_sae(&self, i: usize) -> bool {
+        self.canon[i] == i
+    }
+
+    /// `pairs` without repeats: a pair of the same two SAEs (by training identity) counts once.
+    fn distinct<'p>(&self, pairs: impl IntoIterator<Item = &'p Pair>) -> Vec<&'p Pair> {
+        let mut seen = std::collections::BTreeSet::new();
+        pairs
+            .into_iter()
+            .filter(|p| {
+                let (a, b) = (self.canon[p.a], self.canon[p.b]);
+                seen.insert((a.min(b), a.max(b)))
+            })
+            .collect()
     }
 
     /// Question 1: dictionary size.
@@ -387,7 +516,7 @@ impl<'a> Ctx<'a> {
                              (small to largest), the exact matching's mean cosine and shared fraction above 0.7. The study's figure 2 \
                              (\"Pairwise Decoder MCS with 1:32 Autoencoder\"). Dashed: the analytic null, the expected max cosine of a \
                              random unit vector against as many random unit vectors as the larger SAE has features in d = {}.",
-                            self.sae(here[0].a).d_in
+                            self.align(here[0]).d_in_a
                         ),
                         svg: plot::lines(&LineChart {
                             title: format!("Against the 1:{largest} SAE ({model} L{layer})"),
@@ -471,12 +600,12 @@ impl<'a> Ctx<'a> {
             ("data_seed", "data-order seed pairs"),
             ("half", "disjoint halves"),
         ];
-        let pairs: Vec<&Pair> = self
-            .plan
-            .pairs
-            .iter()
-            .filter(|p| matches!(p.question, Question::Seed | Question::Data))
-            .collect();
+        let pairs: Vec<&Pair> = self.distinct(
+            self.plan
+                .pairs
+                .iter()
+                .filter(|p| matches!(p.question, Question::Seed | Question::Data)),
+        );
         if pairs.is_empty() {
             return Ok(());
         }
@@ -577,7 +706,7 @@ impl<'a> Ctx<'a> {
                 if vals.is_empty() {
                     continue;
                 }
-                let i = Interval::of(&vals);
+                let i = interval_in(&vals, UNIT);
                 if varies == "init_seed" {
                     per_layer_seed.push((*layer, i.mean));
                 }
@@ -597,8 +726,8 @@ impl<'a> Ctx<'a> {
                     format!("{model} L{layer}"),
                     name.to_owned(),
                     fmt_interval(&i),
-                    fmt_interval(&Interval::of(&shared)),
-                    fmt_interval(&Interval::of(&pw)),
+                    fmt_interval(&interval_in(&shared, UNIT)),
+                    fmt_interval(&interval_in(&pw, UNIT)),
                 ]);
                 bars.push(Bar {
                     series: name.to_owned(),
@@ -652,7 +781,7 @@ impl<'a> Ctx<'a> {
             if shared.is_empty() {
                 continue;
             }
-            let i = Interval::of(&shared);
+            let i = interval_in(&shared, UNIT);
             let null = pairs
                 .iter()
                 .filter(|p| p.varies == varies)
@@ -668,7 +797,9 @@ impl<'a> Ctx<'a> {
                 question: question.into(),
                 ours: format!("shared fraction > 0.7 (decoder, exact matching), {name}: {} (isotropic null {null:.3})", fmt_interval(&i)),
                 anchor: "Paulo & Belrose 2025: about 30 % of features shared across seeds (Llama-3-8B, 131k features), about 53 % for Pythia-160m layer 6 TopK.".into(),
-                verdict: if i.mean >= 0.2 && i.mean <= 0.7 {
+                verdict: if i.n < 2 {
+                    "n = 1, no verdict".into()
+                } else if i.mean >= 0.2 && i.mean <= 0.7 {
                     "agrees: in the published range".into()
                 } else if i.mean > 0.7 {
                     "higher than published: small, short-trained SAEs on a narrow corpus (see caveats)".into()
@@ -810,10 +941,16 @@ impl<'a> Ctx<'a> {
             question: format!("Model: do SAEs of {ma} and {mb} share features on the same text?"),
             ours: format!(
                 "centred activation correlation at matching relative depth: {}; the best-correlated layer is the depth-matched one for {hits} of {rows} layers",
-                fmt_interval(&Interval::of(&matched))
+                fmt_interval(&interval_in(&matched, UNIT))
             ),
             anchor: "Lan et al. 2024: SAE features of Pythia-70m and -160m are similar, most at middle depth; the study: correlation between models falls with depth mismatch.".into(),
-            verdict: if hits * 2 > rows { "agrees: depth-matched layers correlate best".into() } else { "differs: depth-matched layers are not the best correlated".into() },
+            verdict: if lb.len() < 2 || rows < 2 {
+                format!("no verdict: {} layer(s) of {ma} against {} of {mb}, too few to tell depth matching apart", rows, lb.len())
+            } else if hits * 2 > rows {
+                "agrees: depth-matched layers correlate best".into()
+            } else {
+                "differs: depth-matched layers are not the best correlated".into()
+            },
         });
         self.sections.push(section);
         Ok(())
@@ -821,7 +958,7 @@ impl<'a> Ctx<'a> {
 
     /// Question 6: architecture.
     fn arch(&mut self) -> Result<()> {
-        let pairs: Vec<&Pair> = self.pairs(Question::Arch).collect();
+        let pairs: Vec<&Pair> = self.distinct(self.pairs(Question::Arch));
         let mut section = Section {
             heading: "6. Architecture: is ReLU/L1 or TopK more consistent across seeds?".into(),
             ..Section::default()
@@ -858,7 +995,7 @@ impl<'a> Ctx<'a> {
                 ("shared > 0.7", &shared),
                 ("PW-MCC", &pw),
             ] {
-                let i = Interval::of(vals);
+                let i = interval_in(vals, UNIT);
                 bars.push(Bar {
                     series: name.into(),
                     value: i.mean,
@@ -870,18 +1007,25 @@ impl<'a> Ctx<'a> {
                 .saes
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| {
+                .filter(|(i, s)| {
                     s.grid == here.first().map_or(String::new(), |p| p.grid.clone())
                         && &s.arch == arch
+                        && self.distinct_sae(*i)
                 })
                 .filter_map(|(i, _)| self.out.eval.get(&i))
                 .collect();
-            let l0 = Interval::of(&evals.iter().map(|e| e.l0).collect::<Vec<_>>());
-            let fvu = Interval::of(&evals.iter().map(|e| e.fvu).collect::<Vec<_>>());
+            let l0 = interval_in(
+                &evals.iter().map(|e| e.l0).collect::<Vec<_>>(),
+                NON_NEGATIVE,
+            );
+            let fvu = interval_in(
+                &evals.iter().map(|e| e.fvu).collect::<Vec<_>>(),
+                NON_NEGATIVE,
+            );
             summary.push((
                 arch.clone(),
-                Interval::of(&shared),
-                Interval::of(&pw),
+                interval_in(&shared, UNIT),
+                interval_in(&pw, UNIT),
                 l0,
                 fvu,
             ));
@@ -911,7 +1055,7 @@ impl<'a> Ctx<'a> {
                         r.0, fmt_interval(&r.1), r.3.mean, r.4.mean, t.0, fmt_interval(&t.1), t.3.mean, t.4.mean, fmt_interval(&t.2)
                     ),
                     anchor: "Paulo & Belrose 2025: ReLU/L1 SAEs are more seed-stable than TopK; Song et al. 2025: PW-MCC about 0.80 for TopK SAEs (Pythia-160m).".into(),
-                    verdict: if r.1.mean > t.1.mean { "agrees: ReLU/L1 shares more features".into() } else { "disagrees: TopK shares as many or more features here".into() },
+                    verdict: Self::arch_verdict(&r.1, &t.1),
                 });
             }
         }
@@ -955,12 +1099,12 @@ impl<'a> Ctx<'a> {
         };
         // Consistency against frequency, over seed pairs.
         let mut by_bin: BTreeMap<(i64, i64), (f64, f64, Vec<f64>)> = BTreeMap::new();
-        for p in self
-            .plan
-            .pairs
-            .iter()
-            .filter(|p| matches!(p.question, Question::Seed | Question::Data | Question::Size))
-        {
+        for p in self.distinct(
+            self.plan
+                .pairs
+                .iter()
+                .filter(|p| matches!(p.question, Question::Seed | Question::Data | Question::Size)),
+        ) {
             for b in &self.align(p).by_frequency {
                 if b.features > 0 {
                     let key = (
@@ -980,7 +1124,7 @@ impl<'a> Ctx<'a> {
             let mut band = Vec::new();
             for (lo, hi, vals) in by_bin.values() {
                 let x = ((lo.max(1e-6)).log10() + hi.log10()) / 2.0;
-                let i = Interval::of(vals);
+                let i = interval_in(vals, UNIT);
                 pts.push((x, i.mean));
                 band.push((x, i.lo, i.hi));
             }
@@ -1063,7 +1207,7 @@ impl<'a> Ctx<'a> {
         let mut l0s = Vec::new();
         let mut lr = Vec::new();
         for (i, s) in self.plan.saes.iter().enumerate() {
-            let Some(e) = self.out.eval.get(&i) else {
+            let Some(e) = self.out.eval.get(&i).filter(|_| self.distinct_sae(i)) else {
                 continue;
             };
             alive.push(1.0 - e.dead_fraction);
@@ -1087,31 +1231,53 @@ impl<'a> Ctx<'a> {
         }
         if !rows.is_empty() {
             section.tables.push(Table {
-                caption: "Every SAE on the held-out text: MSE, FVU, L0, dead (never active) and dense (active on more than 10 % of tokens) \
+                caption: "Every distinct SAE on the held-out text (one row per training identity, whichever grids list it): MSE, FVU, L0, dead (never active) and dense (active on more than 10 % of tokens) \
                           fractions; loss recovered and KL with the reconstruction spliced into the model, where measured."
                     .into(),
                 header: ["SAE", "model", "MSE", "FVU", "L0", "dead", "dense", "loss recovered", "KL"].map(String::from).to_vec(),
                 rows,
             });
-            let v = Interval::of(&ve);
-            let a = Interval::of(&alive);
+            let v = interval_in(&ve, UNIT);
+            let a = interval_in(&alive, UNIT);
             self.findings.push(Finding {
                 question: "Which features: how much do the SAEs explain, how sparse are they, how many features live?".into(),
                 ours: format!(
                     "variance explained {} ; L0 {} ; alive {}{}",
                     fmt_interval(&v),
-                    fmt_interval(&Interval::of(&l0s)),
+                    fmt_interval(&interval_in(&l0s, NON_NEGATIVE)),
                     fmt_interval(&a),
-                    if lr.is_empty() { String::new() } else { format!(" ; loss recovered {}", fmt_interval(&Interval::of(&lr))) }
+                    if lr.is_empty() { String::new() } else { format!(" ; loss recovered {}", fmt_interval(&interval_in(&lr, UNIT))) }
                 ),
                 anchor: "dictionary_learning (Pythia-70m-deduped MLP out, 32,768 features): variance explained 85-99 %, L0 5-160, alive 25-44 %, loss recovered 88-99 %.".into(),
-                verdict: if v.mean >= 0.85 { "agrees on variance explained".into() } else { "explains less: far fewer training tokens than the anchors' SAEs (see caveats)".into() },
+                verdict: if v.n < 2 {
+                    "n = 1, no verdict".into()
+                } else if v.mean >= 0.85 {
+                    "agrees on variance explained".into()
+                } else {
+                    "explains less: far fewer training tokens than the anchors' SAEs (see caveats)".into()
+                },
             });
         }
         if !section.figures.is_empty() || !section.tables.is_empty() {
             self.sections.push(section);
         }
         Ok(())
+    }
+
+    /// The architecture verdict: ReLU/L1 against TopK shared fraction, with no verdict on a single
+    /// pair or a tie at the printed precision, and none claimed while the intervals overlap.
+    fn arch_verdict(relu: &Interval, topk: &Interval) -> String {
+        if relu.n < 2 || topk.n < 2 {
+            format!("n = {} and {} seed pairs, no verdict", relu.n, topk.n)
+        } else if (relu.mean - topk.mean).abs() < 5e-4 {
+            format!("tie: both {:.3}, no verdict", relu.mean)
+        } else if relu.lo <= topk.hi && topk.lo <= relu.hi {
+            "no clear difference: the intervals overlap".into()
+        } else if relu.mean > topk.mean {
+            "agrees: ReLU/L1 shares more features".into()
+        } else {
+            "disagrees: TopK shares more features here".into()
+        }
     }
 
     /// Matched-pair examples: the text both features of a matched pair fire on.
@@ -1158,6 +1324,15 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The null of a pair, when its shape `(d, n_a, n_b)` is the shape of the SAEs its align step
+/// measured (a study file's wrong `d_model` gives nulls of another shape, which are dropped).
+fn null_of<'a>(p: &Pair, al: &AlignOutput, out: &'a Outputs) -> Option<&'a NullOutput> {
+    p.null
+        .as_ref()
+        .and_then(|n| out.null.get(n))
+        .filter(|n| (n.d, n.n_a, n.n_b) == (al.d_in_a, al.d_sae_a, al.d_sae_b))
+}
+
 /// One row per compared pair for `results.parquet`.
 fn results(plan: &Plan, out: &Outputs) -> Vec<ResultRow> {
     plan.pairs
@@ -1198,7 +1373,7 @@ fn results(plan: &Plan, out: &Outputs) -> Vec<ResultRow> {
                     m.insert("null_permutation_corr_hi".into(), n.hi);
                 }
             }
-            if let Some(n) = p.null.as_ref().and_then(|n| out.null.get(n)) {
+            if let Some(n) = null_of(p, al, out) {
                 m.insert("null_analytic_max_cos_a_to_b".into(), n.analytic.a_to_b);
                 m.insert("null_analytic_max_cos_b_to_a".into(), n.analytic.b_to_a);
                 for (name, stats) in [("isotropic", &n.isotropic), ("rand_like", &n.rand_like)] {
@@ -1215,10 +1390,11 @@ fn results(plan: &Plan, out: &Outputs) -> Vec<ResultRow> {
                     }
                 }
             }
-            for (key, s) in [("a", a), ("b", b)] {
+            // Shapes as the align step read them from the SAEs, not as the study file says.
+            for (key, s, d_sae) in [("a", a, al.d_sae_a), ("b", b, al.d_sae_b)] {
                 m.insert(format!("ratio_{key}"), f64::from(s.ratio));
                 m.insert(format!("layer_{key}"), s.layer as f64);
-                m.insert(format!("d_sae_{key}"), s.d_sae() as f64);
+                m.insert(format!("d_sae_{key}"), d_sae as f64);
             }
             ResultRow {
                 question: p.question.name().to_owned(),
@@ -1245,4 +1421,242 @@ pub fn write_report(plan: &Plan, run_dir: &Path) -> Result<std::path::PathBuf> {
         });
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use concord_core::outputs::{Directions, MatchSummary};
+
+    use super::*;
+    use crate::plan::{PlanOptions, plan};
+    use crate::spec::Study;
+
+    /// A study whose file says `d_model = 8` for a model whose SAEs really have `d_in = 10`.
+    const STUDY: &str = r#"
+name = "t"
+about = "a test"
+corpus = "shakespeare"
+docs = 10
+eval_docs = 4
+[models.m]
+model = "smollm2-135m"
+n_layers = 30
+d_model = 8
+causal = true
+hook = "hook_mlp_out"
+layers = [15]
+[train]
+tokens = 1000
+k = 4
+[[grid]]
+name = "sizes"
+question = "size"
+model = "m"
+layers = [15]
+ratios = [1, 2]
+[[grid]]
+name = "seeds"
+question = "seed"
+model = "m"
+layers = [15]
+ratios = [1]
+init_seeds = [0, 1]
+[[grid]]
+name = "archs"
+question = "arch"
+model = "m"
+layers = [15]
+archs = ["relu-l1-faithful", "topk"]
+ratios = [1]
+init_seeds = [0, 1]
+"#;
+
+    const D_IN: usize = 10;
+
+    fn outputs(plan: &Plan) -> Outputs {
+        let mut align = BTreeMap::new();
+        let mut null = BTreeMap::new();
+        for p in &plan.pairs {
+            let (a, b) = (&plan.saes[p.a], &plan.saes[p.b]);
+            let matching = MatchSummary {
+                mean_cos: 0.0,
+                pw_mcc: 0.0,
+                shared: [("0.7".to_owned(), 0.0)].into(),
+                ..Default::default()
+            };
+            align.insert(
+                p.step.clone(),
+                AlignOutput {
+                    d_in_a: D_IN,
+                    d_in_b: D_IN,
+                    d_sae_a: D_IN * a.ratio as usize,
+                    d_sae_b: D_IN * b.ratio as usize,
+                    mmcs: [(
+                        "decoder".to_owned(),
+                        Directions {
+                            a_to_b: 0.2,
+                            b_to_a: 0.2,
+                        },
+                    )]
+                    .into(),
+                    matching: [("decoder".to_owned(), matching)].into(),
+                    correlation: Some(concord_core::outputs::CorrelationSummary {
+                        centred: Directions {
+                            a_to_b: 0.3,
+                            b_to_a: 0.3,
+                        },
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            );
+            if let Some(n) = &p.null {
+                // The null step ran with the study file's (wrong) d_model.
+                null.insert(
+                    n.clone(),
+                    NullOutput {
+                        d: a.d_in,
+                        n_a: a.d_sae(),
+                        n_b: b.d_sae(),
+                        seeds: 1,
+                        analytic: Directions {
+                            a_to_b: 0.9,
+                            b_to_a: 0.9,
+                        },
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        // L0 spread wide enough for a mean-and-t interval to cross zero.
+        let eval = (0..plan.saes.len())
+            .map(|i| {
+                let e = EvalOutput {
+                    l0: if i % 2 == 0 { 1.0 } else { 80.0 },
+                    fvu: 0.5,
+                    ..Default::default()
+                };
+                (i, e)
+            })
+            .collect();
+        Outputs { align, null, eval }
+    }
+
+    fn assembled() -> (Plan, Report, Vec<ResultRow>) {
+        assembled_from(STUDY)
+    }
+
+    fn assembled_from(text: &str) -> (Plan, Report, Vec<ResultRow>) {
+        let study = Study::parse(text, Path::new("t.toml")).unwrap();
+        let plan = plan(&study, Path::new("/c.jsonl"), &PlanOptions::default());
+        let (report, rows) = assemble(&plan, &outputs(&plan)).unwrap();
+        (plan, report, rows)
+    }
+
+    fn finding<'r>(r: &'r Report, question: &str) -> &'r Finding {
+        r.findings
+            .iter()
+            .find(|f| f.question.starts_with(question))
+            .unwrap_or_else(|| panic!("no finding {question:?}: {:#?}", r.findings))
+    }
+
+    #[test]
+    fn shapes_come_from_the_saes_and_nulls_of_another_shape_are_dropped() {
+        let (_, report, rows) = assembled();
+        let size = rows.iter().find(|r| r.question == "size").unwrap();
+        assert_eq!(size.metrics["d_sae_a"], D_IN as f64);
+        assert_eq!(size.metrics["d_sae_b"], 2.0 * D_IN as f64);
+        assert!(
+            !size.metrics.contains_key("null_analytic_max_cos_a_to_b"),
+            "{:?}",
+            size.metrics
+        );
+        assert!(
+            report
+                .findings
+                .iter()
+                .all(|f| !f.ours.contains("null 0.900"))
+        );
+    }
+
+    #[test]
+    fn the_report_has_the_caveats_its_verdicts_refer_to() {
+        let (_, report, _) = assembled();
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.verdict.contains("see caveats"))
+        );
+        let all = report.caveats.join("\n");
+        for needle in [
+            "Short training",
+            "init artefact",
+            "Intervals:",
+            "Repeated SAEs",
+        ] {
+            assert!(all.contains(needle), "{needle}: {all}");
+        }
+    }
+
+    #[test]
+    fn repeated_saes_count_once_and_bounded_intervals_stay_in_range() {
+        let (plan, report, _) = assembled();
+        // The 1:1 i0 d0 relu SAE is in all three grids, the 1:1 i1 d0 relu SAE in two.
+        assert_eq!(plan.saes.len(), 2 + 2 + 4);
+        let which = finding(&report, "Which features");
+        assert!(which.ours.contains("(n = 5)"), "{}", which.ours);
+        assert!(!which.ours.contains("[-"), "{}", which.ours);
+        assert!(report.caveats.iter().any(|c| c.contains("3 such repeated")));
+        let table = report
+            .sections
+            .iter()
+            .flat_map(|s| &s.tables)
+            .find(|t| t.header.first().is_some_and(|h| h == "SAE"))
+            .unwrap();
+        assert_eq!(table.rows.len(), 5);
+        // One init-seed pair in the seed grid, the same pair again in the arch grid.
+        let seed = finding(&report, "Seed: do SAEs that differ only in init seed");
+        assert!(seed.ours.contains("(n = 1)"), "{}", seed.ours);
+        assert_eq!(seed.verdict, "n = 1, no verdict");
+    }
+
+    #[test]
+    fn arch_verdicts_claim_no_difference_on_a_tie_or_one_pair() {
+        let (_, report, _) = assembled();
+        let arch = finding(&report, "Architecture");
+        assert!(arch.verdict.contains("no verdict"), "{}", arch.verdict);
+        let i = |mean: f64, lo: f64, hi: f64, n: usize| Interval { mean, lo, hi, n };
+        let verdict = Ctx::arch_verdict;
+        assert!(verdict(&i(0.0, 0.0, 0.0, 3), &i(0.0, 0.0, 0.0, 3)).starts_with("tie"));
+        assert!(verdict(&i(0.5, 0.4, 0.6, 3), &i(0.45, 0.3, 0.5, 3)).contains("overlap"));
+        assert!(verdict(&i(0.5, 0.4, 0.6, 3), &i(0.2, 0.1, 0.3, 3)).starts_with("agrees"));
+        assert!(verdict(&i(0.2, 0.1, 0.3, 3), &i(0.5, 0.4, 0.6, 3)).starts_with("disagrees"));
+    }
+
+    #[test]
+    fn one_layer_per_model_gives_no_depth_verdict() {
+        let text = format!(
+            "{STUDY}\n[[grid]]\nname = \"enc\"\nquestion = \"model\"\nmodel = \"e\"\nlayers = [3]\nratios = [1]\nversus = \"seeds\"\n"
+        )
+        .replace(
+            "[train]",
+            "[models.e]\nmodel = \"minilm-l6\"\nn_layers = 6\nd_model = 4\ncausal = false\nhook = \"hook_mlp_out\"\nlayers = [3]\n[train]",
+        );
+        let (_, report, _) = assembled_from(&text);
+        let model = finding(&report, "Model");
+        assert!(model.verdict.starts_with("no verdict"), "{}", model.verdict);
+    }
+
+    #[test]
+    fn intervals_are_clipped_to_the_range_widened_by_observations() {
+        let i = interval_in(&[1.0, 80.0], NON_NEGATIVE);
+        assert!(i.lo == 0.0 && i.hi > 80.0, "{i:?}");
+        let i = interval_in(&[0.9, 1.0, 0.2], UNIT);
+        assert!(i.lo >= 0.0 && i.hi == 1.0, "{i:?}");
+        let i = interval_in(&[-0.5, 0.5], UNIT);
+        assert_eq!(i.lo, -0.5);
+    }
 }

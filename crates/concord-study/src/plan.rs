@@ -17,6 +17,8 @@ use crate::spec::{DataSeed, Grid, ModelEntry, Question, Study};
 const PLAN_VERSION: &str = "concord-plan-1";
 /// Tokens per document assumed by estimates (the default corpus averages about 350).
 const TOKENS_PER_DOC: f64 = 350.0;
+/// Seconds to load a model for a loss-recovered eval, assumed by estimates.
+const MODEL_LOAD_SECONDS: f64 = 5.0;
 
 /// What a step does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -329,11 +331,18 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
         args.extend(device.iter().cloned());
         args.extend([text("--out"), out("", "eval.json")]);
         let tokens = study.eval_docs as f64 * TOKENS_PER_DOC;
+        // Loss recovered: loading the model and three forward passes over its documents.
+        let spliced = if study.loss_recovered.contains(&s.grid) {
+            let docs = study.loss_recovered_docs.min(study.eval_docs) as f64;
+            MODEL_LOAD_SECONDS + 3.0 * docs * TOKENS_PER_DOC / m.harvest_tokens_per_s
+        } else {
+            0.0
+        };
         let step = Step::new(
             StepKind::Eval,
             format!("eval {}", s.label()),
             args,
-            tokens * s.d_sae() as f64 / study.train.token_features_per_s * 0.3,
+            tokens * s.d_sae() as f64 / study.train.token_features_per_s * 0.3 + spliced,
             (s.d_sae() * 16) as u64,
         );
         evals.insert(i, step.id.clone());
@@ -651,8 +660,9 @@ fn train_step(
 }
 
 impl Plan {
-    /// The plan as text with estimates, for `--dry-run`.
-    pub fn describe(&self) -> String {
+    /// The plan as text with estimates, for `--dry-run`; steps already finished under `run_dir`
+    /// are counted as done and left out of the estimates.
+    pub fn describe(&self, run_dir: &Path) -> String {
         let mut s = String::new();
         let (mut secs, mut bytes) = (0.0, 0u64);
         let _ = writeln!(
@@ -671,27 +681,32 @@ impl Plan {
             StepKind::Align,
         ] {
             let of_kind: Vec<&Step> = self.steps.iter().filter(|st| st.kind == kind).collect();
-            let t: f64 = of_kind.iter().map(|st| st.est_seconds).sum();
-            let b: u64 = of_kind.iter().map(|st| st.est_bytes).sum();
+            let is_done = |st: &Step| crate::exec::done(run_dir, &st.id).is_some();
+            let todo: Vec<&Step> = of_kind.iter().copied().filter(|st| !is_done(st)).collect();
+            // `+ 0.0`: an empty sum is -0.0, printed "-0".
+            let t: f64 = todo.iter().map(|st| st.est_seconds).sum::<f64>() + 0.0;
+            let b: u64 = todo.iter().map(|st| st.est_bytes).sum();
             secs += t;
             bytes += b;
             let _ = writeln!(
                 s,
-                "  {:8} {:4} steps  ~{:>7.0} s  ~{:>8.1} MB",
+                "  {:8} {:4} steps ({} done)  ~{:>7.0} s  ~{:>8.1} MB",
                 kind.name(),
                 of_kind.len(),
+                of_kind.len() - todo.len(),
                 t,
                 b as f64 / 1e6
             );
             if kind == StepKind::Harvest || kind == StepKind::Train {
                 for st in of_kind {
-                    let _ = writeln!(s, "           {}: {}", st.id, st.label);
+                    let done = if is_done(st) { " (done)" } else { "" };
+                    let _ = writeln!(s, "           {}: {}{done}", st.id, st.label);
                 }
             }
         }
         let _ = writeln!(
             s,
-            "estimate: ~{:.0} min and ~{:.1} GB on the reference 2-core CPU",
+            "estimate of what is left: ~{:.0} min and ~{:.1} GB on the reference 2-core CPU",
             secs / 60.0,
             bytes as f64 / 1e9
         );
@@ -803,6 +818,46 @@ ratios = [2, 4]
         }
         let again = plan(&study(), Path::new("/c.jsonl"), &PlanOptions::default());
         assert_eq!(p.steps, again.steps);
+    }
+
+    #[test]
+    fn estimates_count_loss_recovered_and_skip_finished_steps() {
+        let mut s = study();
+        let plain = plan(&s, Path::new("/c.jsonl"), &PlanOptions::default());
+        s.loss_recovered = vec!["sizes".into()];
+        let p = plan(&s, Path::new("/c.jsonl"), &PlanOptions::default());
+        let eval_secs = |p: &Plan| -> f64 {
+            p.steps
+                .iter()
+                .filter(|s| s.kind == StepKind::Eval)
+                .map(|s| s.est_seconds)
+                .sum()
+        };
+        // Three SAEs of the sizes grid, each loading the model and running three passes.
+        let per = MODEL_LOAD_SECONDS + 3.0 * 8.0 * TOKENS_PER_DOC / 1000.0;
+        assert!((eval_secs(&p) - eval_secs(&plain) - 3.0 * per).abs() < 1e-6);
+
+        let run = tempfile::tempdir().unwrap();
+        let before = p.describe(run.path());
+        assert!(before.contains("harvest     4 steps (0 done)"), "{before}");
+        for st in p.steps.iter().filter(|s| s.kind == StepKind::Harvest) {
+            let dir = step_dir(run.path(), &st.id);
+            std::fs::create_dir_all(&dir).unwrap();
+            let done = crate::exec::Done {
+                id: st.id.clone(),
+                label: st.label.clone(),
+                command: Vec::new(),
+                seconds: 1.0,
+            };
+            concord_core::fsutil::write_json_atomic(&dir.join(crate::exec::DONE_FILE), &done)
+                .unwrap();
+        }
+        let after = p.describe(run.path());
+        assert!(
+            after.contains("harvest     4 steps (4 done)  ~      0 s"),
+            "{after}"
+        );
+        assert!(after.contains("(done)"), "{after}");
     }
 
     #[test]

@@ -331,6 +331,15 @@ impl Study {
         if self.train.tokens == 0 || self.train.batch == 0 {
             return Err("train.tokens and train.batch must be positive".to_owned());
         }
+        if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
+            return Err(format!("train.lr {} must be positive", self.train.lr));
+        }
+        if !(self.train.l1.is_finite() && self.train.l1 >= 0.0) {
+            return Err(format!(
+                "train.l1 {} must be zero or positive",
+                self.train.l1
+            ));
+        }
         if !["sequences", "rows"].contains(&self.train.shuffle.as_str()) {
             return Err(format!(
                 "train.shuffle {:?}: expected \"sequences\" or \"rows\"",
@@ -373,6 +382,26 @@ impl Study {
             }
             if g.ratios.contains(&0) {
                 return Err(here("ratio 0".to_owned()));
+            }
+            for (key, dup) in [
+                ("layers", first_repeat(&g.layers)),
+                ("archs", first_repeat(&g.archs)),
+                ("ratios", first_repeat(&g.ratios)),
+                ("init_seeds", first_repeat(&g.init_seeds)),
+                ("data_seeds", first_repeat(&g.data_seeds)),
+            ] {
+                if let Some(v) = dup {
+                    return Err(here(format!("{key} lists {v} twice")));
+                }
+            }
+            if g.archs.iter().any(|a| a.contains("topk")) {
+                let k = self.train.k;
+                let smallest = model.d_model * *g.ratios.iter().min().expect("non-empty") as usize;
+                if k == 0 || k > smallest {
+                    return Err(here(format!(
+                        "train.k = {k} must be in 1..={smallest} (d_sae of its smallest TopK SAE)"
+                    )));
+                }
             }
             if g.tokens == Some(0) {
                 return Err(here("tokens = 0".to_owned()));
@@ -421,6 +450,12 @@ impl Study {
                 )?;
             }
         }
+        if self.null_seeds == 0 && self.needs_nulls() {
+            return Err(
+                "null_seeds = 0, but the study compares SAE weights, which needs at least 1"
+                    .to_owned(),
+            );
+        }
         for name in &self.loss_recovered {
             let g = self
                 .grids
@@ -436,6 +471,19 @@ impl Study {
         Ok(())
     }
 
+    /// Whether some compared pair has a weight-space null: any pair within one model's grid, or
+    /// a model grid whose two models have the same `d_model`.
+    fn needs_nulls(&self) -> bool {
+        self.grids.iter().any(|g| {
+            g.question != Question::Model
+                || self
+                    .grids
+                    .iter()
+                    .find(|o| Some(&o.name) == g.versus.as_ref())
+                    .is_some_and(|o| self.models[&o.model].d_model == self.models[&g.model].d_model)
+        })
+    }
+
     /// The corpus path: the default corpus under `data_dir`, or the path given.
     pub fn corpus_path(&self, data_dir: &Path) -> PathBuf {
         if self.corpus == "shakespeare" {
@@ -444,6 +492,14 @@ impl Study {
             PathBuf::from(&self.corpus)
         }
     }
+}
+
+/// The first value of `xs` that appears in it twice, as text.
+fn first_repeat<T: PartialEq + std::fmt::Debug>(xs: &[T]) -> Option<String> {
+    xs.iter()
+        .enumerate()
+        .find(|(i, x)| xs[..*i].contains(x))
+        .map(|(_, x)| format!("{x:?}"))
 }
 
 #[cfg(test)]
@@ -529,6 +585,40 @@ ratios = [1, 2]
             ("question = \"size\"", "question = \"data\""),
             "halves = true",
         );
+    }
+
+    #[test]
+    fn settings_that_would_fail_mid_run_are_errors() {
+        check_err(("docs = 10", "docs = 10\nnull_seeds = 0"), "null_seeds = 0");
+        check_err(
+            ("tokens = 1000", "tokens = 1000\nlr = -1.0"),
+            "train.lr -1 must be positive",
+        );
+        check_err(
+            ("tokens = 1000", "tokens = 1000\nlr = 0.0"),
+            "train.lr 0 must be positive",
+        );
+        check_err(
+            ("ratios = [1, 2]", "ratios = [1, 1]"),
+            "grid \"sizes\": ratios lists 1 twice",
+        );
+        check_err(
+            ("ratios = [1, 2]", "ratios = [1, 2]\ninit_seeds = [1, 1]"),
+            "init_seeds lists 1 twice",
+        );
+        let topk = ("ratios = [1, 2]", "ratios = [1, 2]\narchs = [\"topk\"]");
+        let with_k = |k: &str| MINIMAL.replace(topk.0, topk.1).replace("tokens = 1000", k);
+        for (k, ok) in [("k = 0", false), ("k = 577", false), ("k = 576", true)] {
+            let text = with_k(&format!("tokens = 1000\n{k}"));
+            let got = Study::parse(&text, Path::new("s.toml"));
+            match got {
+                Ok(_) => assert!(ok, "{k} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{k}: {e}");
+                    assert!(e.to_string().contains("train.k"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -160,6 +160,103 @@ fn invalid_studies_fail_before_anything_runs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown study"));
 }
 
+/// `concord reproduce` of tiny.toml with `edit` applied, in `dir`, with `extra` arguments.
+fn reproduce_edited(dir: &Path, edit: (&str, &str), extra: &[&str]) -> std::process::Output {
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny.toml");
+    let text = std::fs::read_to_string(tiny).unwrap();
+    let edited = text.replacen(edit.0, edit.1, 1);
+    assert!(edit.0 == edit.1 || edited != text, "{edit:?} applies");
+    std::fs::write(dir.join("bad.toml"), edited).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["reproduce", "--study", "bad.toml", "--runs", "runs"])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .expect("concord runs")
+}
+
+#[test]
+fn studies_that_disagree_with_their_models_or_host_fail_before_anything_runs() {
+    let cases: [((&str, &str), &[&str], &str); 6] = [
+        (
+            ("d_model = 576", "d_model = 512"),
+            &[],
+            "bad.toml: models.lm.d_model = 512, but model \"smollm2-135m\" has d_model 576",
+        ),
+        (
+            ("n_layers = 30", "n_layers = 20"),
+            &[],
+            "bad.toml: models.lm.n_layers = 20, but model \"smollm2-135m\" has n_layers 30",
+        ),
+        (
+            ("n_layers = 6", "n_layers = 12"),
+            &["--dry-run"],
+            "bad.toml: models.enc.n_layers = 12, but model \"minilm-l6\" has n_layers 6",
+        ),
+        (
+            ("model = \"smollm2-135m\"", "model = \"nosuch-model-7b\""),
+            &[],
+            "bad.toml: models.lm: cannot read the config of model \"nosuch-model-7b\"",
+        ),
+        (
+            ("corpus = \"shakespeare\"", "corpus = \"nope.jsonl\""),
+            &[],
+            "bad.toml: corpus: nope.jsonl does not exist",
+        ),
+        (
+            ("docs = 8", "docs = 8"),
+            &["--device", "cuda:99"],
+            "--device: device \"cuda:99\" is not available",
+        ),
+    ];
+    for (edit, extra, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = reproduce_edited(dir.path(), edit, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{edit:?} ran: {err}");
+        assert!(err.contains(expected), "{edit:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!dir.path().join("runs").exists(), "{edit:?} wrote runs/");
+    }
+}
+
+#[test]
+fn dry_run_commands_use_absolute_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.jsonl"), "{\"text\": \"a b c\"}\n").unwrap();
+    let out = reproduce_edited(
+        dir.path(),
+        ("corpus = \"shakespeare\"", "corpus = \"c.jsonl\""),
+        &["--dry-run", "--commands"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().canonicalize().unwrap();
+    let abs = |p: &str| {
+        let a = std::path::absolute(dir.path().join(p)).unwrap();
+        a.display().to_string()
+    };
+    let (corpus, runs) = (abs("c.jsonl"), abs("runs/tiny/steps/"));
+    let harvest = stdout
+        .lines()
+        .find(|l| l.contains(": concord harvest"))
+        .unwrap();
+    assert!(
+        harvest.contains(&format!("--corpus {corpus} "))
+            && harvest.contains(&format!("--out {runs}")),
+        "{harvest} ({})",
+        root.display()
+    );
+    assert!(
+        !dir.path().join("runs").exists(),
+        "a dry run writes nothing"
+    );
+}
+
 #[test]
 fn dry_run_prints_the_plan_with_estimates() {
     let out = concord(&["reproduce", "--study", "quick", "--dry-run"]);

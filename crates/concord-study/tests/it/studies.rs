@@ -81,7 +81,7 @@ fn quick_answers_every_question() {
         .collect();
     let unique: BTreeSet<&&str> = null_labels.iter().collect();
     assert_eq!(unique.len(), null_labels.len());
-    assert!(p.describe().contains("estimate"));
+    assert!(p.describe(Path::new("/nonexistent")).contains("estimate"));
 }
 
 #[test]

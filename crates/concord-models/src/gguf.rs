@@ -104,7 +104,37 @@ impl GgmlType {
             GgmlType::Q4_0 => "Q4_0".into(),
             GgmlType::Q4_1 => "Q4_1".into(),
             GgmlType::Q8_0 => "Q8_0".into(),
-            GgmlType::Other(id) => format!("ggml type {id}"),
+            GgmlType::Other(id) => {
+                let known = match id {
+                    6 => "Q5_0",
+                    7 => "Q5_1",
+                    9 => "Q8_1",
+                    10 => "Q2_K",
+                    11 => "Q3_K",
+                    12 => "Q4_K",
+                    13 => "Q5_K",
+                    14 => "Q6_K",
+                    15 => "Q8_K",
+                    16 => "IQ2_XXS",
+                    17 => "IQ2_XS",
+                    18 => "IQ3_XXS",
+                    19 => "IQ1_S",
+                    20 => "IQ4_NL",
+                    21 => "IQ3_S",
+                    22 => "IQ2_S",
+                    23 => "IQ4_XS",
+                    24 => "I8",
+                    25 => "I16",
+                    26 => "I32",
+                    27 => "I64",
+                    28 => "F64",
+                    29 => "IQ1_M",
+                    34 => "TQ1_0",
+                    35 => "TQ2_0",
+                    _ => "an unknown type",
+                };
+                format!("{known} (ggml type {id}; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)")
+            }
         }
     }
 }
@@ -120,6 +150,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The number of values (the parser refuses shapes whose product overflows).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -261,18 +292,35 @@ impl Gguf {
         let mut infos = Vec::new();
         for i in 0..n_tensors {
             let name = c.string(&format!("tensor name {i}"))?;
-            let n_dims = c.u32(&format!("the rank of {name}"))?;
-            if n_dims > 8 {
-                return Err(c.err(&format!("the rank of {name}")));
+            let n_dims = c.u32(&format!("the rank of {name:?}"))?;
+            if n_dims > 4 {
+                return Err(Error::Gguf {
+                    path: path.to_owned(),
+                    reason: format!("tensor {name:?} has rank {n_dims}; GGUF allows at most 4"),
+                });
             }
             let mut shape = Vec::new();
             for _ in 0..n_dims {
-                let d = c.u64(&format!("the shape of {name}"))?;
-                shape.push(usize::try_from(d).map_err(|_| c.err(&format!("the shape of {name}")))?);
+                let d = c.u64(&format!("the shape of {name:?}"))?;
+                shape.push(
+                    usize::try_from(d).map_err(|_| c.err(&format!("the shape of {name:?}")))?,
+                );
             }
             shape.reverse();
-            let dtype = GgmlType::from_id(c.u32(&format!("the type of {name}"))?);
-            let offset = c.u64(&format!("the offset of {name}"))?;
+            // Elements and bytes (at most 4 bytes a value) must be countable: a shape whose
+            // product overflows would wrap around and pass the bounds check.
+            let fits = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .and_then(|n| n.checked_mul(4));
+            if fits.is_none() {
+                return Err(Error::Gguf {
+                    path: path.to_owned(),
+                    reason: format!("tensor {name:?} has an impossible shape {shape:?}"),
+                });
+            }
+            let dtype = GgmlType::from_id(c.u32(&format!("the type of {name:?}"))?);
+            let offset = c.u64(&format!("the offset of {name:?}"))?;
             infos.push((name, shape, dtype, offset));
         }
         let align = metadata

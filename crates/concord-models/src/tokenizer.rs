@@ -122,7 +122,7 @@ impl TextTokenizer {
         let model = gguf
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
-            .unwrap_or("");
+            .ok_or_else(|| bad("missing tokenizer.ggml.model".into()))?;
         if model != "gpt2" {
             return Err(bad(format!(
                 "unsupported GGUF tokenizer {model:?} (only byte-level BPE, \"gpt2\", is supported)"
@@ -172,11 +172,29 @@ impl TextTokenizer {
                 json!([a, b])
             })
             .collect();
+        let id_of = |key: &str| {
+            gguf.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        let special = SpecialTokens {
+            bos: id_of("tokenizer.ggml.bos_token_id"),
+            eos: id_of("tokenizer.ggml.eos_token_id"),
+            unk: id_of("tokenizer.ggml.unknown_token_id"),
+            pad: id_of("tokenizer.ggml.padding_token_id"),
+            cls: id_of("tokenizer.ggml.cls_token_id"),
+            sep: id_of("tokenizer.ggml.seperator_token_id"),
+        };
+        // transformers registers the BOS, EOS, UNK and PAD tokens the file names as special
+        // tokens, whatever their type (some converters mark them NORMAL or omit the types).
+        let named = [special.bos, special.eos, special.unk, special.pad];
         let mut added = Vec::new();
-        for (i, (token, ty)) in tokens.iter().zip(types.iter()).enumerate() {
+        for (i, token) in tokens.iter().enumerate() {
+            let ty = types.get(i).copied().unwrap_or(1);
+            let in_alphabet = token.chars().all(|c| alphabet.contains(&c));
             // Type 3 is CONTROL (special), 4 is USER_DEFINED (added, not special).
-            let is_control = *ty == 3 && token.chars().all(|c| alphabet.contains(&c));
-            let is_user = *ty == 4 && vocab.contains_key(*token);
+            let is_control = in_alphabet && (ty == 3 || named.contains(&Some(i as u32)));
+            let is_user = ty == 4 && vocab.contains_key(*token);
             if is_control || is_user {
                 let id = vocab.get(*token).and_then(Json::as_u64).unwrap_or(i as u64);
                 added.push(json!({
@@ -197,20 +215,7 @@ impl TextTokenizer {
             ]}),
             None => byte_level(true),
         };
-        let id_of = |key: &str| {
-            gguf.get(key)
-                .and_then(Value::as_u64)
-                .and_then(|v| u32::try_from(v).ok())
-        };
         let flag = |key: &str| matches!(gguf.get(key), Some(Value::Bool(true)));
-        let special = SpecialTokens {
-            bos: id_of("tokenizer.ggml.bos_token_id"),
-            eos: id_of("tokenizer.ggml.eos_token_id"),
-            unk: id_of("tokenizer.ggml.unknown_token_id"),
-            pad: id_of("tokenizer.ggml.padding_token_id"),
-            cls: id_of("tokenizer.ggml.cls_token_id"),
-            sep: id_of("tokenizer.ggml.seperator_token_id"),
-        };
         let name = |id: Option<u32>| {
             id.and_then(|i| tokens.get(i as usize))
                 .map(|s| (*s).to_owned())

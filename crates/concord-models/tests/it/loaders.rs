@@ -128,3 +128,71 @@ fn gpt2_weights_load_with_or_without_the_transformer_prefix() {
     let b = prefixed.forward_logits(&ids, &mask).unwrap();
     assert!(a.logits.equal(&b.logits));
 }
+
+/// The SmolLM2 GGUF's bytes and the position just after `key` (a metadata key or a tensor
+/// name, written as a length-prefixed string).
+fn smollm2_after(key: &str) -> (Vec<u8>, usize) {
+    let path = match resolve("smollm2-135m", &data_dir()).unwrap() {
+        ModelSource::Gguf(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(key.as_bytes());
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap_or_else(|| panic!("{key} not found"));
+    (bytes, at + needle.len())
+}
+
+#[test]
+fn gguf_tensor_tables_that_cannot_be_right_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "blk.3.ffn_down.weight";
+    // Entry: rank (u32), dims (u64 each), type (u32), offset (u64).
+    let patched = |what: &str, edit: &dyn Fn(&mut Vec<u8>, usize)| -> String {
+        let (mut bytes, at) = smollm2_after(name);
+        edit(&mut bytes, at);
+        let path = tmp_file(tmp.path(), &format!("{what}.gguf"), &bytes);
+        match Model::load(&ModelSource::Gguf(path), LoadOptions::default()) {
+            Ok(_) => panic!("{what}: loaded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let err = patched("rank", &|b, at| {
+        b[at..at + 4].copy_from_slice(&7u32.to_le_bytes())
+    });
+    assert!(err.contains("has rank 7; GGUF allows at most 4"), "{err}");
+    let err = patched("huge", &|b, at| {
+        b[at + 4..at + 12].copy_from_slice(&(1u64 << 61).to_le_bytes())
+    });
+    assert!(
+        err.contains("impossible shape") && err.contains(name),
+        "{err}"
+    );
+    let err = patched("q5", &|b, at| {
+        b[at + 20..at + 24].copy_from_slice(&6u32.to_le_bytes())
+    });
+    assert!(
+        err.contains(name) && err.contains("Q5_0 (ggml type 6; supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gguf_bos_and_eos_tokens_are_special_whatever_their_type() {
+    // `<|im_end|>` (id 2, the EOS) marked NORMAL instead of CONTROL: transformers still keeps it
+    // whole, because the file names it as the EOS token.
+    let (mut bytes, at) = smollm2_after("tokenizer.ggml.token_type");
+    // Value type (u32, 9 = array), element type (u32, 5 = i32), count (u64), then the values.
+    assert_eq!(bytes[at..at + 8], [9, 0, 0, 0, 5, 0, 0, 0]);
+    let eos = at + 16 + 2 * 4;
+    assert_eq!(bytes[eos..eos + 4], 3i32.to_le_bytes());
+    bytes[eos..eos + 4].copy_from_slice(&1i32.to_le_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp_file(tmp.path(), "eos-normal.gguf", &bytes);
+    let tok = concord_models::TextTokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    let ids = tok.encode("hello<|im_end|> world").unwrap().ids;
+    assert!(ids.contains(&2), "{ids:?}");
+}

@@ -115,18 +115,21 @@ pub fn init_tracing(file: Option<std::fs::File>) {
 /// The workspace's data folder (`data/cache`): `$CONCORD_DATA`, else the one above the binary
 /// (`target/release/concord` sits two levels below the root), else `./data/cache`.
 pub fn data_dir() -> PathBuf {
+    // Absolute, so that a path built from it (a built-in corpus, part of a study step's hash)
+    // reads the same whichever way the folder was found.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     if let Some(dir) = std::env::var_os("CONCORD_DATA") {
-        return PathBuf::from(dir);
+        return absolute(PathBuf::from(dir));
     }
     if let Ok(exe) = std::env::current_exe() {
         for up in exe.ancestors().skip(1) {
             let candidate = up.join("data/cache");
             if candidate.is_dir() {
-                return candidate;
+                return absolute(candidate);
             }
         }
     }
-    PathBuf::from("data/cache")
+    absolute(PathBuf::from("data/cache"))
 }
 
 /// Whether progress bars should be drawn (steps run by `reproduce` log to files instead).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use concord_core::SaeWeights;
 
 use crate::corr::{CorrelationSummary, StudyScore};
-use crate::matching::{MatchOptions, Pair, match_dicts};
+use crate::matching::{MatchOptions, Pair, match_dicts_as};
 use crate::metrics::{MatchSummary, SHARED_THRESHOLDS, summarize};
 use crate::nulls::{Interval, derive_seed, expected_max_cos, interval, isotropic, rand_like};
 use crate::scan::{ScanOptions, scan};
@@ -240,7 +240,7 @@ fn one_kind(
         a_to_b: sc.mmcs_a_to_b(),
         b_to_a: sc.mmcs_b_to_a(),
     };
-    let m = match_dicts(a, b, Some(&sc), &opts.matching)?;
+    let m = match_dicts_as(a, b, Some(&sc), &opts.matching, dense)?;
     let summary = summarize(&m, a.n, b.n, &opts.thresholds);
     Ok((mmcs, summary, m.pairs))
 }

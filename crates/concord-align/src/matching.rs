@@ -165,9 +165,20 @@ pub fn match_dicts(
     scan_in: Option<&Scan>,
     opts: &MatchOptions,
 ) -> Result<Matching> {
+    match_dicts_as(a, b, scan_in, opts, opts.dense_for(a, b))
+}
+
+/// [`match_dicts`] with the choice of solver already made ([`MatchOptions::dense_for`]).
+pub(crate) fn match_dicts_as(
+    a: &Dict,
+    b: &Dict,
+    scan_in: Option<&Scan>,
+    opts: &MatchOptions,
+    use_dense: bool,
+) -> Result<Matching> {
     same_width(a, b)?;
     let dense = || match_weights(&similarity_matrix(a, b)?, a.n, b.n);
-    if opts.dense_for(a, b) {
+    if use_dense {
         return dense();
     }
     let k = opts.scan_k();

@@ -66,20 +66,10 @@ pub fn load_sae(path: &Path, ds: Option<&Dataset>) -> Result<Sae> {
 /// Names row `row` (in stored order) of `ds` for an error: its shard file and row there, and
 /// its store row, window (`seq`) and position in its document.
 pub fn describe_row(ds: &Dataset, row: u64) -> String {
-    let mut start = 0;
-    let mut place = None;
-    for shard in &ds.manifest().shards {
-        if row < start + shard.rows {
-            place = Some(format!(
-                "{} row {}",
-                ds.dir().join(&shard.file).display(),
-                row - start
-            ));
-            break;
-        }
-        start += shard.rows;
-    }
-    let place = place.unwrap_or_else(|| ds.dir().display().to_string());
+    let place = ds.locate(row).map_or_else(
+        || ds.dir().display().to_string(),
+        |(shard, i)| format!("{} row {i}", shard.display()),
+    );
     match ds
         .read_meta(row..row + 1)
         .ok()

@@ -96,7 +96,7 @@ pub fn load_model(name: &str, device: &str, compute: &str) -> Result<Model> {
 
 /// The files behind a model name (downloading a hub id when it is missing and the hub is
 /// reachable).
-fn resolve_model(name: &str) -> Result<ModelSource> {
+pub(crate) fn resolve_model(name: &str) -> Result<ModelSource> {
     let data = crate::data_dir();
     let root = data
         .parent()

@@ -65,11 +65,7 @@ fn model_shape(name: &str, fetch: bool) -> Result<Option<(usize, usize)>> {
         crate::hub::ensure_model(name)
             .context("reading its config needs a download, which failed")?;
     }
-    let data = crate::data_dir();
-    let root = data
-        .parent()
-        .map_or_else(|| PathBuf::from("data"), Path::to_owned);
-    let cfg = match concord_models::resolve(name, &root)? {
+    let cfg = match crate::harvest::resolve_model(name)? {
         ModelSource::HfFolder(dir) => ModelConfig::from_hf_json(&dir.join("config.json"))?,
         ModelSource::Gguf(file) => ModelConfig::from_gguf(&Gguf::open(&file)?)?,
     };
@@ -102,17 +98,12 @@ fn preflight(
             );
             continue;
         };
-        if (m.n_layers, m.d_model) != (n_layers, d_model) {
-            let key = if m.n_layers == n_layers {
-                "d_model"
-            } else {
-                "n_layers"
-            };
-            let (ours, theirs) = if key == "d_model" {
-                (m.d_model, d_model)
-            } else {
-                (m.n_layers, n_layers)
-            };
+        let (key, ours, theirs) = if m.n_layers != n_layers {
+            ("n_layers", m.n_layers, n_layers)
+        } else {
+            ("d_model", m.d_model, d_model)
+        };
+        if ours != theirs {
             bail!(
                 "{file}: models.{id}.{key} = {ours}, but model {:?} has {key} {theirs}",
                 m.model

@@ -368,16 +368,14 @@ pub fn run(args: &Args) -> Result<()> {
     let mut write_record = true;
     if record_path.exists() {
         let old: TrainRecord = concord_core::fsutil::read_json(&record_path)?;
-        let trained = |r: &TrainRecord| {
-            r.specs.iter().any(|s| {
-                args.out
-                    .join(&s.name)
-                    .join(concord_core::sae::CFG_FILE)
-                    .exists()
-            })
+        let trained = |s: &SaeSpec| {
+            args.out
+                .join(&s.name)
+                .join(concord_core::sae::CFG_FILE)
+                .exists()
         };
         match old.differing_setting(&record) {
-            Some(diff) if ckpt.exists() || trained(&old) => bail!(
+            Some(diff) if ckpt.exists() || old.specs.iter().any(trained) => bail!(
                 "{} holds SAEs trained with other settings ({diff}); choose another --out",
                 args.out.display()
             ),
@@ -389,14 +387,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             None => {
                 write_record = false;
-                if !ckpt.exists()
-                    && specs.iter().all(|s| {
-                        args.out
-                            .join(&s.name)
-                            .join(concord_core::sae::CFG_FILE)
-                            .exists()
-                    })
-                {
+                if !ckpt.exists() && specs.iter().all(trained) {
                     tracing::info!("{} is already trained", args.out.display());
                     return Ok(());
                 }

@@ -83,6 +83,14 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Removes the file at `path`; one that is already gone is fine.
+pub fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// The sha256 of a byte slice, as lowercase hex.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -195,11 +203,7 @@ impl DirLock {
                             pid,
                         });
                     }
-                    match fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(&path, e)),
-                    }
+                    remove_file_if_present(&path)?;
                 }
                 Err(e) => return Err(Error::io(&path, e)),
             }

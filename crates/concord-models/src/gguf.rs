@@ -402,7 +402,7 @@ impl Gguf {
             reason: format!(
                 "tensor {name:?} needs bytes {}..{} but the file has {}",
                 info.start,
-                info.start + len,
+                info.start.saturating_add(len),
                 self.mmap.len()
             ),
         })?;

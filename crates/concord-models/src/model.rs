@@ -115,14 +115,8 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(p) => digest(p),
             ModelSource::HfFolder(dir) => {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                    .map_err(|e| Error::io(dir, e))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.file_name().is_some_and(|n| n == "config.json")
-                            || p.extension().is_some_and(|x| x == "safetensors")
-                    })
-                    .collect();
+                let mut files = crate::weights::safetensors_files(dir)?;
+                files.push(dir.join("config.json"));
                 files.sort();
                 let mut listing = String::new();
                 for p in &files {

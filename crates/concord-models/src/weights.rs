@@ -21,6 +21,17 @@ pub struct Weights {
     pub tensors: BTreeMap<String, Tensor>,
 }
 
+/// The `*.safetensors` files of a folder, sorted by name.
+pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 impl Weights {
     /// Removes and returns a parameter, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
@@ -50,12 +61,7 @@ impl Weights {
     /// Reads every `*.safetensors` file of a folder (sorted by name). Float tensors (F32, F16,
     /// BF16) become f32; integer buffers such as `position_ids` are skipped.
     pub fn from_hf_folder(dir: &Path) -> Result<Weights> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        files.sort();
+        let files = safetensors_files(dir)?;
         if files.is_empty() {
             return Err(Error::MissingTensor {
                 path: dir.to_owned(),

@@ -315,6 +315,20 @@ impl Dataset {
         &self.window_offsets
     }
 
+    /// The shard holding global row `row`, and the row's index in it.
+    pub fn locate(&self, row: u64) -> Option<(&Path, u64)> {
+        if row >= self.rows() {
+            return None;
+        }
+        let s = self.shard_of(row);
+        Some((&self.shards[s].path, row - self.shards[s].first_row))
+    }
+
+    /// The index of the shard holding global row `row` (< `rows()`).
+    fn shard_of(&self, row: u64) -> usize {
+        self.shards.partition_point(|sh| sh.first_row <= row) - 1
+    }
+
     /// Reads the rows `range` (global row numbers, in stored order).
     pub fn read_rows(&self, range: Range<u64>) -> Result<Batch> {
         self.check_range(&range)?;
@@ -397,7 +411,7 @@ impl Dataset {
     ) -> Result<()> {
         let mut at = start;
         while at < end {
-            let s = self.shards.partition_point(|sh| sh.first_row <= at) - 1;
+            let s = self.shard_of(at);
             let shard = &self.shards[s];
             let shard_rows = *shard.group_offsets.last().expect("offsets start with 0");
             let a = at - shard.first_row;

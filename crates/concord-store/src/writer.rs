@@ -378,12 +378,7 @@ fn redo_damaged_shards(dir: &Path, mut m: StoreManifest) -> Result<StoreManifest
         return Ok(m);
     };
     for s in m.shards.drain(first..) {
-        let path = dir.join(&s.file);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, e)),
-        }
+        fsutil::remove_file_if_present(&dir.join(&s.file))?;
     }
     m.complete = false;
     m.write(dir)?;
@@ -485,12 +480,7 @@ impl HookWriter {
         }
         let files = self.manifest.shards.iter().map(|s| s.file.as_str());
         for file in files.chain([MANIFEST_FILE]) {
-            let path = self.dir.join(file);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&path, e)),
-            }
+            fsutil::remove_file_if_present(&self.dir.join(file))?;
         }
         let (dir, made_dir) = (self.dir.clone(), self.made_dir);
         drop(self); // releases the lock

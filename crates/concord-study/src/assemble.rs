@@ -240,8 +240,9 @@ fn caveats(plan: &Plan, duplicates: usize) -> Vec<String> {
             .to_owned(),
         format!(
             "Repeated SAEs: an SAE with the same training identity (model, hook, architecture, ratio, init seed, data seed, half, \
-             tokens and the study's training settings) in several grids is trained once per grid, with identical weights, and \
-             counted once in the summary statistics (the seed, data and architecture tables and findings, the frequency curve, the \
+             tokens and the study's training settings) in several grids is trained once when a later grid's whole training pass \
+             repeats an earlier one's SAEs (that grid reads the earlier folders), and again, with identical weights, when it shares \
+             a pass with SAEs of its own; either way it is counted once in the summary statistics (the seed, data and architecture tables and findings, the frequency curve, the \
              evaluation table and its finding); the per-grid figures show it in each grid. This study has {duplicates} such repeated \
              SAE(s)."
         ),

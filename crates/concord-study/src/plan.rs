@@ -303,6 +303,7 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
             }
         }
     }
+    reuse_trained(study, &mut steps, &mut saes);
 
     // Eval: every SAE on the held-out text; loss recovered for the grids that ask for it.
     let mut evals = BTreeMap::new();
@@ -479,6 +480,60 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
         stores,
         evals,
     }
+}
+
+/// Leaves out every train step whose SAEs an earlier train step already trains (two grids can
+/// share SAEs: the seed grid's ReLU SAEs at the middle layer are the architecture grid's), and
+/// points its SAEs at the earlier step's folders. They are the same SAEs, weights and all:
+/// initialisation depends on the init seed alone, data order on the data seed, and each SAE
+/// of a pass trains on its own. A step that shares only some of its SAEs still runs whole.
+fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
+    let tokens: BTreeMap<&str, u64> = study
+        .grids
+        .iter()
+        .map(|g| (g.name.as_str(), g.tokens.unwrap_or(study.train.tokens)))
+        .collect();
+    // Every other training setting is the study's, the same in every train step.
+    let identity = |s: &SaeRef| {
+        (
+            s.model.clone(),
+            s.hook.clone(),
+            s.arch.clone(),
+            s.ratio,
+            s.init_seed,
+            s.data_seed,
+            s.half.clone(),
+            tokens.get(s.grid.as_str()).copied(),
+        )
+    };
+    let mut trained = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut dropped = std::collections::BTreeSet::new();
+    for step in steps.iter().filter(|s| s.kind == StepKind::Train) {
+        // Two grids asking for the very same pass share one step id; it is met once here.
+        if !seen.insert(step.id.clone()) {
+            continue;
+        }
+        let members: Vec<usize> = (0..saes.len())
+            .filter(|&i| saes[i].step == step.id)
+            .collect();
+        let known = |i: &usize| trained.contains_key(&identity(&saes[*i]));
+        if !members.is_empty() && members.iter().all(known) {
+            for i in members {
+                let (at, name): &(String, String) = &trained[&identity(&saes[i])];
+                saes[i].step = at.clone();
+                saes[i].name = name.clone();
+            }
+            dropped.insert(step.id.clone());
+        } else {
+            for i in members {
+                trained
+                    .entry(identity(&saes[i]))
+                    .or_insert_with(|| (saes[i].step.clone(), saes[i].name.clone()));
+            }
+        }
+    }
+    steps.retain(|s| !dropped.contains(&s.id));
 }
 
 /// Removes repeated steps (two grids can ask for the same null or the same SAE), keeping the
@@ -858,6 +913,59 @@ ratios = [2, 4]
             "{after}"
         );
         assert!(after.contains("(done)"), "{after}");
+    }
+
+    #[test]
+    fn an_sae_two_grids_share_is_trained_once() {
+        let mut s = study();
+        // The seed grid's first data seed trains init seeds 0, 1, 2 at 1:2 on layers 7 and 15
+        // in one pass; a grid asking for the layer-15 ones alone (TopK too) needs no pass of
+        // its own for ReLU.
+        let mut arch = s.grids.iter().find(|g| g.name == "seeds").unwrap().clone();
+        arch.name = "archs".into();
+        arch.question = Question::Arch;
+        arch.layers = vec![15];
+        arch.data_seeds = vec![arch.data_seeds[0]];
+        arch.archs = vec!["relu-l1-faithful".into(), "topk".into()];
+        s.grids.push(arch);
+        let p = plan(&s, Path::new("/c.jsonl"), &PlanOptions::default());
+        let trains: Vec<&Step> = p
+            .steps
+            .iter()
+            .filter(|x| x.kind == StepKind::Train)
+            .collect();
+        let labels: Vec<&str> = trains.iter().map(|x| x.label.as_str()).collect();
+        assert!(
+            labels.iter().any(|l| l.contains("grid archs (topk")),
+            "{labels:?}"
+        );
+        assert!(
+            !labels.iter().any(|l| l.contains("grid archs (relu")),
+            "{labels:?}"
+        );
+        // Each reads the folder of the same SAE in the first grid that trains it (i0 is in
+        // the size grid's pass too, which comes first).
+        for x in p
+            .saes
+            .iter()
+            .filter(|x| x.grid == "archs" && x.arch != "topk")
+        {
+            let first = p
+                .saes
+                .iter()
+                .find(|y| y.grid != "archs" && y.label() == x.label())
+                .unwrap();
+            assert_eq!((&x.step, &x.name), (&first.step, &first.name));
+            assert!(trains.iter().any(|t| t.id == x.step));
+        }
+        // Their evaluations and the pairs between them are the seed grid's, run once.
+        let evals = p.steps.iter().filter(|x| x.kind == StepKind::Eval).count();
+        let distinct: std::collections::BTreeSet<_> = p.evals.values().collect();
+        assert_eq!(evals, distinct.len());
+        assert!(evals < p.saes.len());
+        // A pass that shares only some of its SAEs still runs: the size grid's 1:2 SAE is
+        // in the seed grid's pass too, and both passes stay.
+        assert!(labels.iter().any(|l| l.contains("grid sizes")));
     }
 
     #[test]

@@ -6,10 +6,13 @@ For each (model, depth, dtype) case, interleaved so that a loaded machine hurts 
   tokens into fresh stores; the rate is 2N / (t(3N) - t(N)), so start-up (loading the model,
   tokenizer set-up) cancels. The fastest N and the fastest 3N run of `--rounds` each.
 - the peer: `harvest_transformers.bench` (transformers' forward truncated at the same depth,
-  same threads, same batches), which also times the blocks' matrix products alone.
+  same threads, same batches), which also times the blocks' matrix products alone and their
+  attention alone.
+- a bound, not a program: the rate of one-thread workers on every thread if nothing but the
+  blocks' products and attention (libtorch's, as concord and transformers both use) took time.
 
 Appends records to $CONCORD_BENCH_RESULTS/harvest.jsonl: seconds per 65,536 tokens for each
-side, with tokens/s and the fraction of the products-only time in the notes.
+side and for the bound, with tokens/s and the fraction of the products-only time in the notes.
 
     CONCORD_BIN=target/release/concord python benches/peers/harvest_bench.py [--tokens N]
 """
@@ -101,6 +104,7 @@ def main():
             ours_rate = 1.0 / best_ours
             case = f"{model} to {hook.rsplit('.', 1)[0]}, {dtype}, batches 16x256"
             products = best_peer["products_tokens_per_s"]
+            bound = best_peer["bound_workers_tokens_per_s"]
             lines = [
                 {"group": "harvest", "case": case, "impl": "transformers forward (sdpa, truncated)",
                  "seconds": UNIT / best_peer["tokens_per_s"], "peer": True,
@@ -109,6 +113,13 @@ def main():
                  "seconds": UNIT * best_ours, "peer": False,
                  "note": f"{ours_rate:.0f} tokens/s, {ours_rate / products:.2f} of products-only "
                          f"({products} tokens/s); N = {n}"},
+                # Not a program: the ceiling of any harvest built on libtorch's products and
+                # attention, as concord runs them (one-thread workers on every thread).
+                {"group": "harvest", "case": case,
+                 "impl": "bound: products + attention alone (libtorch, one-thread workers)",
+                 "seconds": UNIT / bound, "peer": False,
+                 "note": f"{bound} tokens/s; concord reaches {ours_rate / bound:.2f} of it, "
+                         f"transformers {best_peer['tokens_per_s'] / bound:.2f}"},
             ]
             with out.open("a") as f:
                 for line in lines:

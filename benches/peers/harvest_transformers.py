@@ -8,8 +8,11 @@ packed as the study does (EOS-joined for SmolLM2; [CLS] + 255 tokens for MiniLM)
     .venv/bin/python benches/peers/harvest_transformers.py [--iters 4] [--threads 2] [--attn sdpa|eager]
 
 Prints one JSON line per (model, dtype): {"model", "dtype", "tokens_per_s",
-"products_tokens_per_s", "fraction_of_products"}: the best of `--iters` rounds of the forward and,
-interleaved with it, of the same blocks' matrix products alone (so a loaded machine hurts both).
+"products_tokens_per_s", "fraction_of_products", "attention_tokens_per_s", "bound_tokens_per_s",
+"bound_workers_tokens_per_s"}: the best of `--iters` rounds of the forward and, interleaved with
+it, of the same blocks' matrix products alone and of their attention alone (so a loaded machine
+hurts all alike); the bounds are the rates if nothing but those products and that attention took
+time, on all threads at once and as one-thread workers on every thread.
 """
 
 import argparse
@@ -52,32 +55,62 @@ def block_products(config, name):
     return [(d, d), (d, d), (d, d), (d, d), (d, m), (m, d)]
 
 
+def attention_shape(config):
+    """`(heads, head_dim)` of the model's attention."""
+    heads = config.num_attention_heads
+    return heads, config.hidden_size // heads
+
+
 def bench(name, model, ids, dtype, iters, depth, quiet=False):
-    """Best of `iters` rounds of the forward and, interleaved, of the products alone."""
+    """Best of `iters` rounds of the forward and, interleaved, of the products alone.
+
+    Also times the blocks' attention alone (`scaled_dot_product_attention` on the same
+    shapes, causal for the decoder), and the products plus that attention on one thread: the
+    work of one harvest worker when everything else in the forward is free. Twice that rate is
+    the most two one-thread workers could reach with libtorch's products and attention."""
     model = model.to(dtype).eval()
     xs = [(torch.randn(BATCH * SEQ, i, dtype=dtype), torch.randn(o, i, dtype=dtype))
           for i, o in block_products(model.config, name)]
+    heads, hd = attention_shape(model.config)
+    q, k, v = (torch.randn(BATCH, heads, SEQ, hd, dtype=dtype) for _ in range(3))
+    causal = name.startswith("smollm2")
 
     def products():
         for _ in range(depth):
             for x, w in xs:
                 torch.nn.functional.linear(x, w)
 
-    best_fwd = best_mm = float("inf")
+    def attention():
+        for _ in range(depth):
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    def timed(f):
+        t0 = time.perf_counter()
+        f()
+        return time.perf_counter() - t0
+
+    best_fwd = best_mm = best_att = float("inf")
     with torch.inference_mode():
         model(input_ids=ids[:BATCH], attention_mask=torch.ones_like(ids[:BATCH]))  # warm-up
         products()
+        attention()
         for i in range(iters):
             b = ids[(i % (len(ids) // BATCH)) * BATCH :][:BATCH]
-            t0 = time.perf_counter()
-            model(input_ids=b, attention_mask=torch.ones_like(b))
-            best_fwd = min(best_fwd, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            products()
-            best_mm = min(best_mm, time.perf_counter() - t0)
+            best_fwd = min(best_fwd, timed(lambda: model(input_ids=b, attention_mask=torch.ones_like(b))))
+            best_mm = min(best_mm, timed(products))
+            best_att = min(best_att, timed(attention))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        best_one = float("inf")
+        for _ in range(max(2, iters // 2)):
+            best_one = min(best_one, timed(products) + timed(attention))
+        torch.set_num_threads(threads)
     tokens = BATCH * SEQ
     result = {"model": name, "dtype": str(dtype).removeprefix("torch."), "tokens_per_s": round(tokens / best_fwd),
-              "products_tokens_per_s": round(tokens / best_mm), "fraction_of_products": round(best_mm / best_fwd, 3)}
+              "products_tokens_per_s": round(tokens / best_mm), "fraction_of_products": round(best_mm / best_fwd, 3),
+              "attention_tokens_per_s": round(tokens / best_att),
+              "bound_tokens_per_s": round(tokens / (best_mm + best_att)),
+              "bound_workers_tokens_per_s": round(threads * tokens / best_one)}
     if not quiet:
         print(json.dumps(result), flush=True)
     return result

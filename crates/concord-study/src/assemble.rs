@@ -11,7 +11,7 @@ use concord_report::plot::{self, Bar, BarChart, Heatmap, HistGrid, LineChart, Sc
 use concord_report::results::ResultRow;
 use concord_report::{Figure, Finding, Report, Section, Table};
 
-use crate::plan::{Pair, Plan, SaeRef, step_dir};
+use crate::plan::{Identity, Pair, Plan, SaeRef, step_dir, training_identity};
 use crate::spec::{DataSeed, Question};
 use crate::{Error, Result};
 
@@ -76,41 +76,13 @@ fn interval_in(xs: &[f64], range: Range) -> Interval {
     i
 }
 
-/// The training identity of an SAE: two SAEs with the same one are the same SAE, whichever
-/// grids list them (training settings other than tokens are shared by the whole study).
-type Identity = (
-    String,
-    String,
-    String,
-    u32,
-    u64,
-    DataSeed,
-    Option<String>,
-    u64,
-);
-
-fn identity(plan: &Plan, s: &SaeRef) -> Identity {
-    let g = plan.study.grids.iter().find(|g| g.name == s.grid);
-    let tokens = g.and_then(|g| g.tokens).unwrap_or(plan.study.train.tokens);
-    (
-        s.model.clone(),
-        s.hook.clone(),
-        s.arch.clone(),
-        s.ratio,
-        s.init_seed,
-        s.data_seed,
-        s.half.clone(),
-        tokens,
-    )
-}
-
 /// Per SAE: the index of the first SAE of the plan with its training identity.
 fn canonical_saes(plan: &Plan) -> Vec<usize> {
     let mut first: BTreeMap<Identity, usize> = BTreeMap::new();
     plan.saes
         .iter()
         .enumerate()
-        .map(|(i, s)| *first.entry(identity(plan, s)).or_insert(i))
+        .map(|(i, s)| *first.entry(training_identity(&plan.study, s)).or_insert(i))
         .collect()
 }
 

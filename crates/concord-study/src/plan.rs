@@ -482,30 +482,41 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
     }
 }
 
+/// The training identity of an SAE: two SAEs with the same one are the same SAE, whichever
+/// grids list them (every training setting but the tokens is the study's).
+pub(crate) type Identity = (
+    String,
+    String,
+    String,
+    u32,
+    u64,
+    DataSeed,
+    Option<String>,
+    u64,
+);
+
+pub(crate) fn training_identity(study: &Study, s: &SaeRef) -> Identity {
+    let g = study.grids.iter().find(|g| g.name == s.grid);
+    let tokens = g.and_then(|g| g.tokens).unwrap_or(study.train.tokens);
+    (
+        s.model.clone(),
+        s.hook.clone(),
+        s.arch.clone(),
+        s.ratio,
+        s.init_seed,
+        s.data_seed,
+        s.half.clone(),
+        tokens,
+    )
+}
+
 /// Leaves out every train step whose SAEs an earlier train step already trains (two grids can
 /// share SAEs: the seed grid's ReLU SAEs at the middle layer are the architecture grid's), and
 /// points its SAEs at the earlier step's folders. They are the same SAEs, weights and all:
 /// initialisation depends on the init seed alone, data order on the data seed, and each SAE
 /// of a pass trains on its own. A step that shares only some of its SAEs still runs whole.
 fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
-    let tokens: BTreeMap<&str, u64> = study
-        .grids
-        .iter()
-        .map(|g| (g.name.as_str(), g.tokens.unwrap_or(study.train.tokens)))
-        .collect();
-    // Every other training setting is the study's, the same in every train step.
-    let identity = |s: &SaeRef| {
-        (
-            s.model.clone(),
-            s.hook.clone(),
-            s.arch.clone(),
-            s.ratio,
-            s.init_seed,
-            s.data_seed,
-            s.half.clone(),
-            tokens.get(s.grid.as_str()).copied(),
-        )
-    };
+    let identity = |s: &SaeRef| training_identity(study, s);
     let mut trained = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     let mut dropped = std::collections::BTreeSet::new();

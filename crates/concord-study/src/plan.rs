@@ -520,6 +520,8 @@ fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
     let mut trained = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     let mut dropped = std::collections::BTreeSet::new();
+    // Per kept pass, the other grids that read its SAEs (said in its label, for `--dry-run`).
+    let mut serves = BTreeMap::new();
     for step in steps.iter().filter(|s| s.kind == StepKind::Train) {
         // Two grids asking for the very same pass share one step id; it is met once here.
         if !seen.insert(step.id.clone()) {
@@ -532,6 +534,10 @@ fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
         if !members.is_empty() && members.iter().all(known) {
             for i in members {
                 let (at, name): &(String, String) = &trained[&identity(&saes[i])];
+                serves
+                    .entry(at.clone())
+                    .or_insert_with(std::collections::BTreeSet::new)
+                    .insert(saes[i].grid.clone());
                 saes[i].step = at.clone();
                 saes[i].name = name.clone();
             }
@@ -545,6 +551,12 @@ fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
         }
     }
     steps.retain(|s| !dropped.contains(&s.id));
+    for step in steps.iter_mut() {
+        if let Some(grids) = serves.get(&step.id) {
+            let grids: Vec<&str> = grids.iter().map(String::as_str).collect();
+            let _ = write!(step.label, "; also for grid {}", grids.join(", "));
+        }
+    }
 }
 
 /// Removes repeated steps (two grids can ask for the same null or the same SAE), keeping the
@@ -952,6 +964,11 @@ ratios = [2, 4]
         );
         assert!(
             !labels.iter().any(|l| l.contains("grid archs (relu")),
+            "{labels:?}"
+        );
+        // The passes that now serve the architecture grid say so (`--dry-run` lists them).
+        assert!(
+            labels.iter().any(|l| l.ends_with("; also for grid archs")),
             "{labels:?}"
         );
         // Each reads the folder of the same SAE in the first grid that trains it (i0 is in

@@ -679,11 +679,18 @@ pub(crate) mod tests {
         run(&cli.args).map_err(|e| format!("{e:#}"))
     }
 
+    /// A temporary folder holding [`store`]`(nan_at)`, and the path of an SAE folder in it
+    /// (the folder guards both).
+    fn setup(nan_at: Option<u64>) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let acts = store(tmp.path(), nan_at);
+        let out = tmp.path().join("saes");
+        (tmp, acts, out)
+    }
+
     #[test]
     fn a_failed_run_does_not_block_a_corrected_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        let acts = store(tmp.path(), None);
-        let out = tmp.path().join("saes");
+        let (_tmp, acts, out) = setup(None);
         let (acts_s, out_s) = (acts.to_str().unwrap(), out.to_str().unwrap());
         let base = [
             "--acts", acts_s, "--arch", "relu-l1", "--ratio", "2", "--batch", "32", "--out", out_s,
@@ -741,10 +748,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_non_finite_row_is_named_by_its_shard_and_store_row() {
-        let tmp = tempfile::tempdir().unwrap();
         // Store row 150: shard 2 (rows 128..192), its row 22; window 9, position 6.
-        let acts = store(tmp.path(), Some(150));
-        let out = tmp.path().join("saes");
+        let (_tmp, acts, out) = setup(Some(150));
         for shuffle in ["sequences", "rows"] {
             let err = train(&[
                 "--acts",
@@ -773,9 +778,7 @@ pub(crate) mod tests {
 
     #[test]
     fn duplicates_and_zero_ratios_are_named() {
-        let tmp = tempfile::tempdir().unwrap();
-        let acts = store(tmp.path(), None);
-        let out = tmp.path().join("saes");
+        let (_tmp, acts, out) = setup(None);
         let (acts, out) = (acts.to_str().unwrap(), out.to_str().unwrap());
         let run = |ratio: &str, seeds: &str| {
             train(&[

@@ -4,7 +4,7 @@
 //! the steps it touches new hashes, and a killed step is simply run again (the commands
 //! themselves resume or rewrite atomically).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -517,16 +517,13 @@ pub(crate) fn training_identity(study: &Study, s: &SaeRef) -> Identity {
 /// of a pass trains on its own. A step that shares only some of its SAEs still runs whole.
 fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
     let identity = |s: &SaeRef| training_identity(study, s);
+    // Two grids asking for the very same pass share one step id: one step from here on.
+    dedup(steps);
     let mut trained = BTreeMap::new();
-    let mut seen = std::collections::BTreeSet::new();
-    let mut dropped = std::collections::BTreeSet::new();
+    let mut dropped = BTreeSet::new();
     // Per kept pass, the other grids that read its SAEs (said in its label, for `--dry-run`).
     let mut serves = BTreeMap::new();
     for step in steps.iter().filter(|s| s.kind == StepKind::Train) {
-        // Two grids asking for the very same pass share one step id; it is met once here.
-        if !seen.insert(step.id.clone()) {
-            continue;
-        }
         let members: Vec<usize> = (0..saes.len())
             .filter(|&i| saes[i].step == step.id)
             .collect();
@@ -536,7 +533,7 @@ fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
                 let (at, name): &(String, String) = &trained[&identity(&saes[i])];
                 serves
                     .entry(at.clone())
-                    .or_insert_with(std::collections::BTreeSet::new)
+                    .or_insert_with(BTreeSet::new)
                     .insert(saes[i].grid.clone());
                 saes[i].step = at.clone();
                 saes[i].name = name.clone();
@@ -562,7 +559,7 @@ fn reuse_trained(study: &Study, steps: &mut Vec<Step>, saes: &mut [SaeRef]) {
 /// Removes repeated steps (two grids can ask for the same null or the same SAE), keeping the
 /// first occurrence, which also keeps dependencies before their users.
 fn dedup(steps: &mut Vec<Step>) {
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     steps.retain(|s| seen.insert(s.id.clone()));
 }
 
@@ -887,7 +884,7 @@ ratios = [2, 4]
     #[test]
     fn steps_come_after_their_dependencies_and_hashes_are_stable() {
         let p = plan(&study(), Path::new("/c.jsonl"), &PlanOptions::default());
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for s in &p.steps {
             for d in &s.deps {
                 assert!(seen.contains(d), "{} needs {d} first", s.id);
@@ -988,7 +985,7 @@ ratios = [2, 4]
         }
         // Their evaluations and the pairs between them are the seed grid's, run once.
         let evals = p.steps.iter().filter(|x| x.kind == StepKind::Eval).count();
-        let distinct: std::collections::BTreeSet<_> = p.evals.values().collect();
+        let distinct: BTreeSet<_> = p.evals.values().collect();
         assert_eq!(evals, distinct.len());
         assert!(evals < p.saes.len());
         // A pass that shares only some of its SAEs still runs: the size grid's 1:2 SAE is

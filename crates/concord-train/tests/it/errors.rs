@@ -24,6 +24,17 @@ fn trainer(ckpt: Option<std::path::PathBuf>) -> Trainer {
     Trainer::new(vec![spec], opts).unwrap()
 }
 
+/// One step of `rows` on `stream`, which must fail: its error, as text.
+fn step_err(t: &mut Trainer, stream: usize, width: usize, rows: &[f32]) -> String {
+    t.step(&[Batch {
+        stream,
+        width,
+        rows,
+    }])
+    .unwrap_err()
+    .to_string()
+}
+
 #[test]
 fn non_finite_row_is_named_and_nothing_is_checkpointed() {
     let tmp = tempdir();
@@ -31,27 +42,13 @@ fn non_finite_row_is_named_and_nothing_is_checkpointed() {
     let mut t = trainer(Some(ckpt.clone()));
     let mut rows = synthetic(1, 16, D);
     rows[3 * D + 2] = f32::NAN;
-    let err = t
-        .step(&[Batch {
-            stream: 0,
-            width: D,
-            rows: &rows,
-        }])
-        .unwrap_err()
-        .to_string();
+    let err = step_err(&mut t, 0, D, &rows);
     assert!(
         err.contains("row 3") && err.contains("column 2") && err.contains("NaN"),
         "{err}"
     );
     rows[3 * D + 2] = f32::INFINITY;
-    let err = t
-        .step(&[Batch {
-            stream: 0,
-            width: D,
-            rows: &rows,
-        }])
-        .unwrap_err()
-        .to_string();
+    let err = step_err(&mut t, 0, D, &rows);
     assert!(err.contains("row 3") && err.contains("inf"), "{err}");
     assert_eq!(t.steps_done(), 0);
     assert!(!ckpt.exists());
@@ -69,35 +66,14 @@ fn non_finite_row_is_named_and_nothing_is_checkpointed() {
 fn width_mismatch_missing_stream_and_ragged_rows() {
     let mut t = trainer(None);
     let rows = synthetic(2, 16, 4);
-    let err = t
-        .step(&[Batch {
-            stream: 0,
-            width: 4,
-            rows: &rows,
-        }])
-        .unwrap_err()
-        .to_string();
+    let err = step_err(&mut t, 0, 4, &rows);
     assert!(err.contains("width 4") && err.contains("d_in = 8"), "{err}");
-    let err = t
-        .step(&[Batch {
-            stream: 1,
-            width: D,
-            rows: &rows,
-        }])
-        .unwrap_err()
-        .to_string();
+    let err = step_err(&mut t, 1, D, &rows);
     assert!(
         err.contains("stream 0") && err.contains("not given"),
         "{err}"
     );
-    let err = t
-        .step(&[Batch {
-            stream: 0,
-            width: D,
-            rows: &rows[..60],
-        }])
-        .unwrap_err()
-        .to_string();
+    let err = step_err(&mut t, 0, D, &rows[..60]);
     assert!(err.contains("60 values"), "{err}");
     assert_eq!(t.steps_done(), 0);
 }
@@ -116,14 +92,7 @@ fn diverging_loss_is_an_error_before_any_update() {
     .unwrap();
     let before = t.sae(0).unwrap();
     let huge: Vec<f32> = rows.iter().map(|v| v * 1e4).collect();
-    let err = t
-        .step(&[Batch {
-            stream: 0,
-            width: D,
-            rows: &huge,
-        }])
-        .unwrap_err()
-        .to_string();
+    let err = step_err(&mut t, 0, D, &huge);
     assert!(err.contains("diverged") && err.contains("step 2"), "{err}");
     assert_eq!(t.steps_done(), 1);
     assert_eq!(t.sae(0).unwrap(), before);
@@ -157,14 +126,7 @@ fn zero_first_loss_is_not_a_scale_for_divergence() {
     assert!(losses[1..].iter().all(|&l| l > 0.0), "{losses:?}");
     // Rows a million times larger still diverge.
     let huge: Vec<f32> = rows[..D].iter().map(|v| v * 1e6).collect();
-    let err = t
-        .step(&[Batch {
-            stream: 0,
-            width: D,
-            rows: &huge,
-        }])
-        .unwrap_err()
-        .to_string();
+    let err = step_err(&mut t, 0, D, &huge);
     assert!(err.contains("diverged") && err.contains("step 9"), "{err}");
 }
 

@@ -5,11 +5,29 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// The host's target triple, as `rustc -vV` prints it.
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .trim()
+        .to_owned()
+}
+
 /// Normal (non-dev, non-build) dependency edges between packages, by package name.
 fn dependency_graph() -> (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
+        // Only the host's packages: a new user's registry holds what the build downloaded,
+        // and other platforms' dependencies (android_system_properties, ...) are not there.
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host_triple()])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");

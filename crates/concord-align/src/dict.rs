@@ -20,6 +20,11 @@ impl Dict {
     /// Norms are computed in `f64` so that rows of any scale come out unit length to within
     /// `f32` rounding.
     pub fn from_rows(what: &'static str, xs: &[f32], n: usize, d: usize) -> Result<Dict> {
+        Dict::from_vec(what, xs.to_vec(), n, d)
+    }
+
+    /// [`Dict::from_rows`] on rows the caller owns, normalised in place (no copy).
+    pub fn from_vec(what: &'static str, mut rows: Vec<f32>, n: usize, d: usize) -> Result<Dict> {
         if n == 0 || d == 0 {
             return Err(Error::Empty {
                 what,
@@ -27,22 +32,21 @@ impl Dict {
                 cols: d,
             });
         }
-        if xs.len() != n * d {
+        if rows.len() != n * d {
             return Err(Error::BadShape {
                 what,
-                len: xs.len(),
+                len: rows.len(),
                 rows: n,
                 cols: d,
             });
         }
-        if let Some(pos) = xs.iter().position(|v| !v.is_finite()) {
+        if let Some(pos) = rows.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite {
                 what,
                 row: pos / d,
                 col: pos % d,
             });
         }
-        let mut rows = xs.to_vec();
         let mut zero_rows = 0;
         for row in rows.chunks_exact_mut(d) {
             let norm = row

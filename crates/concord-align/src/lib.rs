@@ -10,7 +10,8 @@
 //! - [`nulls`]: isotropic and `rand_like` random dictionaries, the analytic max-cosine
 //!   expectation, seed intervals;
 //! - [`corr`]: streamed activation correlation and token alignment by byte spans;
-//! - [`synth`]: a seeded generator of SAE-like dictionary pairs.
+//! - [`synth`]: a seeded generator of SAE-like dictionary pairs;
+//! - [`output`]: the weight-space part of `concord align`'s JSON record.
 
 mod compare;
 pub mod corr;
@@ -21,6 +22,7 @@ mod lap;
 mod matching;
 pub mod metrics;
 pub mod nulls;
+pub mod output;
 mod scan;
 pub mod synth;
 

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use concord_align::{CompareOptions, Comparison, Dict, MatchOptions, nulls};
+use concord_align::output::{self, WeightSpaceOptions, curve_thresholds};
+use concord_align::{CompareOptions, nulls};
 use concord_core::fsutil;
-use concord_core::outputs::{
-    AlignOutput, Counts, Directions, FamilySummary, Interval, MatchSummary, NullOutput, NullStats,
-};
+use concord_core::outputs::{AlignOutput, Directions, Interval, NullOutput, NullStats};
 use concord_core::sae::Sae;
 
 #[derive(Debug, clap::Args)]
@@ -52,11 +51,6 @@ pub struct Args {
     /// Tokens of the first store the activation comparison reads, from its start (0: all).
     #[arg(long, default_value_t = 24_000)]
     acts_tokens: u64,
-}
-
-/// Thresholds of the shared-fraction curve: 0, 0.05, ..., 1.
-fn curve_thresholds() -> Vec<f64> {
-    (0..=20).map(|i| f64::from(i) / 20.0).collect()
 }
 
 /// Reads an SAE as `eval` does (a SAELens folder or a dictionary_learning `ae.pt`, named
@@ -104,12 +98,11 @@ pub fn run(args: &Args) -> Result<()> {
                 b.cfg.d_in
             );
         }
-        let opts = CompareOptions {
+        let opts = WeightSpaceOptions {
             null_seeds: args.null,
-            ..CompareOptions::default()
+            family_threshold: args.family_threshold,
         };
-        let cmp = concord_align::compare(&a.weights, &b.weights, &opts)?;
-        weight_space(&mut out, &cmp);
+        let cmp = output::weight_space(&mut out, &a.weights, &b.weights, &opts)?;
         for (kind, n) in &out.zero_features {
             tracing::warn!(
                 "{kind}: {} features of a and {} of b are zero vectors; they count as cosine 0 \
@@ -125,28 +118,6 @@ pub fn run(args: &Args) -> Result<()> {
                      its mean cosine may be below the optimum"
                 );
             }
-        }
-        if a.cfg.d_sae != b.cfg.d_sae {
-            let da = Dict::from_rows(
-                "W_dec of a",
-                a.weights.decoder_rows(),
-                a.cfg.d_sae,
-                a.cfg.d_in,
-            )?;
-            let db = Dict::from_rows(
-                "W_dec of b",
-                b.weights.decoder_rows(),
-                b.cfg.d_sae,
-                b.cfg.d_in,
-            )?;
-            let fam = concord_align::metrics::families(
-                &da,
-                &db,
-                args.family_threshold,
-                64,
-                MatchOptions::default().blocking,
-            )?;
-            out.families = Some(family_summary(&fam));
         }
         matched = cmp.matches.decoder;
     }
@@ -192,105 +163,6 @@ fn resolved(path: &std::path::Path) -> PathBuf {
     match (parent.canonicalize(), path.file_name()) {
         (Ok(dir), Some(name)) => dir.join(name),
         _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
-    }
-}
-
-fn dirs(d: &concord_align::DirectionPair) -> Directions {
-    Directions {
-        a_to_b: d.a_to_b,
-        b_to_a: d.b_to_a,
-    }
-}
-
-fn summary(
-    s: &concord_align::metrics::MatchSummary,
-    pairs: &[concord_align::Pair],
-    smaller: usize,
-) -> MatchSummary {
-    let curve = curve_thresholds()
-        .into_iter()
-        .map(|t| {
-            (
-                t,
-                pairs.iter().filter(|p| f64::from(p.cos) > t).count() as f64
-                    / smaller.max(1) as f64,
-            )
-        })
-        .collect();
-    MatchSummary {
-        mean_cos: s.mean_cos,
-        pw_mcc: s.pw_mcc,
-        shared: s.shared.clone(),
-        optimal: s.optimal,
-        shared_curve: curve,
-    }
-}
-
-fn interval(i: &nulls::Interval) -> Interval {
-    Interval {
-        mean: i.mean,
-        lo: i.lo,
-        hi: i.hi,
-        n: i.values.len(),
-    }
-}
-
-/// Fills MMCS, matchings and (when asked) the per-pair nulls from a weight-space comparison.
-fn weight_space(out: &mut AlignOutput, cmp: &Comparison) {
-    let smaller = cmp.n_a.min(cmp.n_b);
-    out.mmcs.insert("decoder".into(), dirs(&cmp.mmcs.decoder));
-    out.matching.insert(
-        "decoder".into(),
-        summary(&cmp.matching.decoder, &cmp.matches.decoder, smaller),
-    );
-    if let (Some(m), Some(s)) = (&cmp.mmcs.encoder, &cmp.matching.encoder) {
-        out.mmcs.insert("encoder".into(), dirs(m));
-        out.matching
-            .insert("encoder".into(), summary(s, &cmp.matches.encoder, smaller));
-    }
-    let zero = &cmp.zero_features;
-    for (kind, counts) in [("decoder", Some(zero.decoder)), ("encoder", zero.encoder)] {
-        if let Some([a, b]) = counts.filter(|c| c.iter().any(|&n| n > 0)) {
-            out.zero_features.insert(kind.into(), Counts { a, b });
-        }
-    }
-    let null = &cmp.null;
-    for (name, scores) in [
-        ("isotropic", &null.isotropic_decoder),
-        ("rand_like", &null.rand_like_decoder),
-    ] {
-        if let Some(s) = scores {
-            let mut shared = BTreeMap::new();
-            if let Some(x) = &s.shared_0_5 {
-                shared.insert("0.5".to_owned(), interval(x));
-            }
-            let isotropic = name == "isotropic";
-            let encoder = null.isotropic_encoder.as_ref().filter(|_| isotropic);
-            out.null.insert(
-                name.to_owned(),
-                NullStats {
-                    label: Some(s.label.clone()),
-                    mmcs_decoder: Some((interval(&s.mmcs_a_to_b), interval(&s.mmcs_b_to_a))),
-                    mmcs_encoder: encoder
-                        .map(|e| (interval(&e.mmcs_a_to_b), interval(&e.mmcs_b_to_a))),
-                    matching_mean_cos: s.mean_cos.as_ref().map(interval),
-                    shared,
-                    analytic: null.expected_mmcs.as_ref().filter(|_| isotropic).map(dirs),
-                },
-            );
-        }
-    }
-}
-
-fn family_summary(f: &concord_align::metrics::Families) -> FamilySummary {
-    let sizes: Vec<usize> = f.families.iter().map(|x| x.members.len()).collect();
-    FamilySummary {
-        threshold: f64::from(f.threshold),
-        parents: sizes.len(),
-        with_children: sizes.iter().filter(|&&n| n >= 1).count(),
-        split: sizes.iter().filter(|&&n| n >= 2).count(),
-        mean_children: sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64,
-        max_children: sizes.iter().copied().max().unwrap_or(0),
     }
 }
 

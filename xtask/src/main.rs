@@ -32,7 +32,8 @@ cargo xtask <command> [args...]
 Commands of the orchestrator:
   setup      create .venv with libtorch (PyPI torch==2.13.0), fetch the default models and
              corpus into data/cache/ and check their sha256 sums (idempotent)
-  test       setup, then cargo fmt --check, clippy -D warnings and every test of the workspace
+  test       setup (also the interop test's pinned SAELens, sparsify, dictionary_learning,
+             datasets and polars), then cargo fmt --check, clippy -D warnings and every test
   bench      setup and install the peers (scipy, FAISS, transformers), run the criterion
              benchmarks and the side-by-side peer comparisons, write docs/BENCHMARKS.md
 

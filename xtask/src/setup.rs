@@ -29,6 +29,8 @@ pub struct Need {
     pub inputs: bool,
     /// A headless browser, for the test that renders the report.
     pub browser: bool,
+    /// The pinned Python packages the interop test checks against.
+    pub interop: bool,
 }
 
 impl Need {
@@ -38,6 +40,7 @@ impl Need {
             torch: true,
             inputs: true,
             browser: false,
+            interop: false,
         }
     }
 
@@ -45,6 +48,7 @@ impl Need {
     pub fn test() -> Need {
         Need {
             browser: true,
+            interop: true,
             ..Need::run()
         }
     }
@@ -59,6 +63,52 @@ pub fn ensure(root: &Path, need: Need) -> Result<()> {
     }
     if need.browser {
         ensure_browser()?;
+    }
+    if need.interop {
+        ensure_interop(root)?;
+    }
+    Ok(())
+}
+
+/// The interop test's pinned packages (SAELens, sparsify, dictionary_learning, datasets,
+/// polars), relative to the workspace root.
+pub const INTEROP_REQUIREMENTS: &str = "crates/concord-cli/tests/python/requirements.txt";
+
+/// Installs the interop test's packages into `.venv` when its stamp does not hold this exact
+/// requirements file. torch (`TORCH_VERSION`) goes to pip as a constraint: the torch whose
+/// libtorch the workspace links is never replaced. When pip fails, setup says so and goes on:
+/// the interop test then fails naming the missing packages (never a silent skip), and the
+/// rest of the tests still run.
+fn ensure_interop(root: &Path) -> Result<()> {
+    let requirements = root.join(INTEROP_REQUIREMENTS);
+    let wanted = fs::read_to_string(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let stamp = root.join(VENV).join(".concord-interop");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    let python = ensure_venv(root)?;
+    let constraints = root.join(VENV).join("constraints.txt");
+    fs::write(&constraints, format!("torch=={TORCH_VERSION}\n"))
+        .with_context(|| format!("cannot write {}", constraints.display()))?;
+    eprintln!(
+        "setup: installing the interop test's pinned packages ({INTEROP_REQUIREMENTS}: SAELens, \
+         sparsify, dictionary_learning, datasets, polars; torch stays {TORCH_VERSION})"
+    );
+    let installed = Command::new(python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-c"])
+        .arg(&constraints)
+        .arg("-r")
+        .arg(&requirements)
+        .status()
+        .is_ok_and(|s| s.success());
+    if installed {
+        fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
+    } else {
+        eprintln!(
+            "setup: WARNING: pip could not install {INTEROP_REQUIREMENTS} into {VENV}/ (see \
+             above): the interop test (concord-cli, tests/it/interop.rs) will fail until it can"
+        );
     }
     Ok(())
 }

@@ -19,7 +19,8 @@ use crate::harvest::{documents, load_model};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The SAE: a SAELens-layout folder or a dictionary_learning `ae.pt` file.
+    /// The SAE: a SAELens or sparsify folder, or a dictionary_learning `ae.pt` (or the folder
+    /// holding it).
     #[arg(long)]
     sae: PathBuf,
     /// The hook's dataset (`STORE/<hook name>`) to evaluate on.
@@ -49,18 +50,15 @@ pub struct Args {
     device: String,
 }
 
-/// Reads an SAE folder, or imports a dictionary_learning `ae.pt` (named after the dataset's
-/// hook and model).
+/// Reads an SAE whatever package wrote it (a SAELens or sparsify folder, a
+/// dictionary_learning `ae.pt` or its folder); SAEs whose files carry no names are named after
+/// the dataset's hook and model.
 pub fn load_sae(path: &Path, ds: Option<&Dataset>) -> Result<Sae> {
-    if path.is_file() {
-        let (hook, model) = ds.map_or((String::new(), String::new()), |d| {
-            (d.hook().to_string(), d.manifest().model.clone())
-        });
-        return Ok(concord_train::load_dictionary_learning(
-            path, &hook, &model,
-        )?);
-    }
-    Sae::load(path).with_context(|| format!("cannot read SAE {}", path.display()))
+    let (hook, model) = ds.map_or((String::new(), String::new()), |d| {
+        (d.hook().to_string(), d.manifest().model.clone())
+    });
+    concord_train::load_sae(path, &hook, &model)
+        .with_context(|| format!("cannot read SAE {}", path.display()))
 }
 
 /// Names row `row` (in stored order) of `ds` for an error: its shard file and row there, and

@@ -4,7 +4,9 @@
 
 mod align;
 mod correlate;
+mod encode;
 mod eval;
+mod export;
 mod harvest;
 mod hub;
 mod progress;
@@ -38,6 +40,10 @@ enum Command {
     Eval(eval::Args),
     /// Compare two SAEs: MMCS, exact matching, activation correlation, nulls.
     Align(align::Args),
+    /// Write an SAE's codes and reconstruction of a dataset's rows (safetensors).
+    Encode(encode::Args),
+    /// Write an SAE in another package's format (sparsify, dictionary-learning).
+    Export(export::Args),
     /// Null scores for one shape: isotropic random dictionaries and the analytic expectation.
     Null(align::NullArgs),
 }
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Align(args) => align::run(&args),
+        Command::Encode(args) => encode::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Null(args) => align::run_null(&args),
     };
     match result {

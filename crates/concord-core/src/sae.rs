@@ -1,10 +1,17 @@
 //! The SAE file format: a SAELens-layout folder with `cfg.json` and `sae_weights.safetensors`.
 //!
 //! Weights follow SAELens: `W_enc (d_in, d_sae)`, `b_enc (d_sae)`, `W_dec (d_sae, d_in)`,
-//! `b_dec (d_in)`, and `threshold (d_sae)` for JumpReLU SAEs. Readers accept a `cfg.json` with
-//! only `d_in`, `d_sae`, `architecture`, `hook_name` and `model_name` (also under SAELens 6's
-//! `metadata` object) and keep keys they do not know, so a folder read and written again loses
-//! nothing. Tensors may be stored as F32, F16 or BF16; in memory they are `f32`.
+//! `b_dec (d_in)`, and `threshold (d_sae)` for JumpReLU SAEs. Readers need only `d_in`,
+//! `d_sae` and `architecture` in `cfg.json`, read `hook_name` and `model_name` (also under
+//! SAELens 6's `metadata` object) when they are there, and keep keys they do not know, so a
+//! folder read and written again loses nothing. Tensors may be stored as F32, F16 or BF16; in memory they are `f32`; folders are
+//! written in F32 with `"dtype": "float32"`, the key SAELens 6 needs.
+//!
+//! SAELens 6 loads every folder written here as it is: `standard`, `topk` and `jumprelu`.
+//! BatchTopK SAEs are written as SAELens 6 saves its own for inference, `jumprelu` with the
+//! batch threshold in every feature's `threshold` (and `concord_architecture: "batchtopk"`);
+//! older folders that say `batchtopk` still load here. Other packages' files
+//! (sparsify, dictionary_learning) are read and written by [`crate::interop`].
 
 use std::collections::HashMap;
 use std::fs;
@@ -18,6 +25,9 @@ use crate::{Error, Result, fsutil};
 
 pub const CFG_FILE: &str = "cfg.json";
 pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
+/// The `cfg.json` key SAELens 6 needs for the weights' type, and its value for ours (F32).
+pub const SAELENS_DTYPE_KEY: &str = "dtype";
+pub const SAELENS_DTYPE: &str = "float32";
 
 /// `cfg.json` of an SAE folder.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,7 +36,10 @@ pub struct SaeConfig {
     pub d_sae: usize,
     /// SAELens's architecture name: `standard` (ReLU), `topk`, `batchtopk`, `jumprelu`.
     pub architecture: String,
+    /// Empty when the file does not say (a SAELens 6 folder made without metadata).
+    #[serde(default)]
     pub hook_name: String,
+    #[serde(default)]
     pub model_name: String,
     /// This project's variant (`relu-l1-faithful`, `relu-l1`, `topk`, `batchtopk`,
     /// `jumprelu`), when the SAE was trained here.
@@ -63,16 +76,20 @@ impl SaeConfig {
         {
             for key in ["hook_name", "model_name"] {
                 if !top.contains_key(key)
-                    && let Some(v) = meta.get(key)
+                    && let Some(v @ Value::String(_)) = meta.get(key)
                 {
                     top.insert(key.to_owned(), v.clone());
                 }
             }
         }
-        serde_json::from_value(value).map_err(|source| Error::Json {
+        let mut cfg: SaeConfig = serde_json::from_value(value).map_err(|source| Error::Json {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        // The stored type of the weights describes the file, not the SAE (weights are `f32` in
+        // memory); `Sae::save` writes the type it writes.
+        cfg.extra.remove(SAELENS_DTYPE_KEY);
+        Ok(cfg)
     }
 
     /// Whether the encoder subtracts `b_dec` before encoding (true unless the file says not).
@@ -121,46 +138,12 @@ impl SaeWeights {
     /// `threshold`) with the shapes implied by `d_in` and `d_sae`.
     pub fn read_safetensors(path: &Path, d_in: usize, d_sae: usize) -> Result<SaeWeights> {
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let get = |name: &str, shape: &[usize], required: bool| -> Result<Option<Vec<f32>>> {
-            let view = match st.tensor(name) {
-                Ok(v) => v,
-                Err(_) if !required => return Ok(None),
-                Err(_) => {
-                    return Err(Error::MissingTensor {
-                        path: path.to_owned(),
-                        name: name.into(),
-                    });
-                }
-            };
-            if view.shape() != shape {
-                return Err(Error::ShapeMismatch {
-                    path: path.to_owned(),
-                    name: name.into(),
-                    expected: shape.to_vec(),
-                    got: view.shape().to_vec(),
-                });
-            }
-            let values =
-                to_f32(view.dtype(), view.data()).ok_or_else(|| Error::UnsupportedDtype {
-                    path: path.to_owned(),
-                    name: name.into(),
-                    dtype: format!("{:?}", view.dtype()),
-                })?;
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    path: path.to_owned(),
-                    name: name.into(),
-                    index,
-                });
-            }
-            Ok(Some(values))
-        };
+        let st = open_safetensors(&bytes, path)?;
         let req = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            Ok(get(name, shape, true)?.unwrap_or_default())
+            tensor_f32(&st, path, name, shape)?.ok_or_else(|| Error::MissingTensor {
+                path: path.to_owned(),
+                name: name.into(),
+            })
         };
         Ok(SaeWeights {
             d_in,
@@ -169,7 +152,7 @@ impl SaeWeights {
             b_enc: req("b_enc", &[d_sae])?,
             w_dec: req("W_dec", &[d_sae, d_in])?,
             b_dec: req("b_dec", &[d_in])?,
-            threshold: get("threshold", &[d_sae], false)?,
+            threshold: tensor_f32(&st, path, "threshold", &[d_sae])?,
         })
     }
 
@@ -184,21 +167,81 @@ impl SaeWeights {
         if let Some(t) = &self.threshold {
             tensors.push(("threshold", vec![self.d_sae], t));
         }
-        let bytes: Vec<(&str, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(&str, TensorView<'_>)> = bytes
-            .iter()
-            .map(|(n, s, b)| {
-                let view = TensorView::new(StDtype::F32, s.clone(), b)
-                    .expect("shape and byte length agree by construction");
-                (*n, view)
-            })
-            .collect();
-        safetensors::serialize(views, None::<HashMap<String, String>>)
-            .expect("serialising in-memory F32 tensors cannot fail")
+        safetensors_f32(&tensors)
     }
+}
+
+/// Parses safetensors `bytes` read from `path` (named in errors).
+pub(crate) fn open_safetensors<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Tensor `name` of `st` as `f32`, when present: an error when its shape is not `shape`, its
+/// dtype not F32, F16 or BF16, or a value not finite.
+pub(crate) fn tensor_f32(
+    st: &SafeTensors<'_>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Option<Vec<f32>>> {
+    let Ok(view) = st.tensor(name) else {
+        return Ok(None);
+    };
+    if view.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            path: path.to_owned(),
+            name: name.into(),
+            expected: shape.to_vec(),
+            got: view.shape().to_vec(),
+        });
+    }
+    let values = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::UnsupportedDtype {
+        path: path.to_owned(),
+        name: name.into(),
+        dtype: format!("{:?}", view.dtype()),
+    })?;
+    check_finite(&values, path, name)?;
+    Ok(Some(values))
+}
+
+/// An error naming the first non-finite value of tensor `name` of `path`.
+pub(crate) fn check_finite(values: &[f32], path: &Path, name: &str) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFinite {
+            path: path.to_owned(),
+            name: name.into(),
+            index,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The safetensors bytes of named F32 tensors `(name, shape, values)`; `values` holds the
+/// product of `shape` elements.
+pub fn safetensors_f32(tensors: &[(&str, Vec<usize>, &[f32])]) -> Vec<u8> {
+    let bytes: Vec<(&str, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                *n,
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(&str, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            let view = TensorView::new(StDtype::F32, s.clone(), b)
+                .expect("shape and byte length agree by construction");
+            (*n, view)
+        })
+        .collect();
+    safetensors::serialize(views, None::<HashMap<String, String>>)
+        .expect("serialising in-memory F32 tensors cannot fail")
 }
 
 fn to_f32(dtype: StDtype, data: &[u8]) -> Option<Vec<f32>> {
@@ -245,10 +288,15 @@ impl Sae {
     /// Writes the folder atomically: files go to a temporary sibling folder that is renamed
     /// onto `dir` (replacing an older one) only when complete.
     pub fn save(&self, dir: &Path, extra_files: &[(&str, &[u8])]) -> Result<()> {
-        let cfg = serde_json::to_vec_pretty(&self.cfg).map_err(|source| Error::Json {
+        let json_err = |source| Error::Json {
             path: dir.join(CFG_FILE),
             source,
-        })?;
+        };
+        let mut cfg = serde_json::to_value(&self.cfg).map_err(json_err)?;
+        // SAELens 6 reads `dtype` before anything else (`KeyError: 'dtype'` without it); it
+        // names the weights' type as written, which is always F32.
+        cfg[SAELENS_DTYPE_KEY] = Value::from(SAELENS_DTYPE);
+        let cfg = serde_json::to_vec_pretty(&cfg).map_err(json_err)?;
         let weights = self.weights.to_safetensors();
         let mut files: Vec<(&str, &[u8])> = vec![(CFG_FILE, &cfg), (WEIGHTS_FILE, &weights)];
         files.extend_from_slice(extra_files);
@@ -368,6 +416,10 @@ mod tests {
         let back = Sae::load(&dir).unwrap();
         assert_eq!(back, sae);
         assert_eq!(back.cfg.extra["device"], "cpu");
+        // SAELens 6 reads `dtype` first; it is the file's, not kept in memory.
+        let text = fs::read_to_string(dir.join(CFG_FILE)).unwrap();
+        assert!(text.contains(r#""dtype": "float32""#), "{text}");
+        assert!(!back.cfg.extra.contains_key(SAELENS_DTYPE_KEY));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -390,6 +442,14 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.hook_name, "blocks.1.hook_resid_post");
         assert_eq!(cfg.k, Some(2));
+        // What SAELens 6's `save_model` writes for an SAE made without names.
+        let cfg = SaeConfig::from_json(
+            r#"{"d_in": 3, "d_sae": 4, "architecture": "standard", "dtype": "float32",
+                "metadata": {"sae_lens_version": "6.54.12", "hook_name": null}}"#,
+            Path::new("cfg.json"),
+        )
+        .unwrap();
+        assert_eq!((cfg.hook_name.as_str(), cfg.model_name.as_str()), ("", ""));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`SaeModel`] encodes and decodes with a saved SAE; [`evaluate`] measures MSE, FVU, L0,
 //!   dead and dense features; [`SpliceMeter`] turns three forward passes into loss recovered
 //!   and KL.
-//! - [`load_saelens`] and [`load_dictionary_learning`] import the field's SAE files.
+//! - [`load_sae`] imports the field's SAE files (SAELens, sparsify, dictionary_learning).
 
 mod checkpoint;
 mod error;
@@ -15,14 +15,13 @@ mod import;
 mod init;
 mod math;
 mod model;
-mod pickle;
 mod sparse;
 mod spec;
 mod trainer;
 
 pub use error::{Error, Result};
 pub use eval::{EvalReport, SpliceMeter, SpliceReport, evaluate};
-pub use import::{load_dictionary_learning, load_saelens};
+pub use import::{load_dictionary_learning, load_sae, load_saelens};
 pub use init::init_weights;
 pub use model::{Activation, SaeModel};
 pub use spec::{

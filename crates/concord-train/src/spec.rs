@@ -55,12 +55,14 @@ impl Arch {
         }
     }
 
-    /// SAELens's architecture name (`cfg.json`'s `architecture`).
+    /// SAELens's architecture name (`cfg.json`'s `architecture`). BatchTopK is `jumprelu`:
+    /// SAELens 6 has no inference class of its own for it and saves its BatchTopK SAEs as
+    /// JumpReLU with the batch threshold in every feature's `threshold`, as we do.
     pub fn saelens_name(self) -> &'static str {
         match self {
             Arch::ReluL1Faithful | Arch::ReluL1 => "standard",
             Arch::TopK => "topk",
-            Arch::BatchTopK => "batchtopk",
+            Arch::BatchTopK => "jumprelu",
             Arch::JumpRelu => "jumprelu",
         }
     }

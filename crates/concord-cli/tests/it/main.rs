@@ -2,5 +2,6 @@
 
 mod commands;
 mod hub;
+mod interop;
 mod layering;
 mod study;

@@ -1,16 +1,107 @@
-//! A reader for `torch.save` archives that hold a dict of tensors, plain or
-//! `collections.OrderedDict` (what `nn.Module.state_dict()` returns).
+//! `torch.save` archives of a dict of tensors, read and written in pure Rust (no libtorch): the
+//! files dictionary_learning saves (`ae.pt`, a plain dict or `nn.Module.state_dict()`'s
+//! `OrderedDict`).
 //!
-//! libtorch's unpickler turns an `OrderedDict` into `None`, so state dicts saved from a module
-//! (dictionary_learning's `ae.pt`) do not load through `tch`. This module reads the zip archive
-//! (stored entries, as `torch.save` writes them; ZIP64 included) and runs the few pickle opcodes
-//! such a file uses (protocols 2 to 4). Tensors are rebuilt from `_rebuild_tensor_v2` (and
-//! `_rebuild_parameter`) with their storage's dtype, offset, size and stride; any other object
-//! is an error naming it.
+//! The reader takes the zip archive (stored entries, as `torch.save` writes them; ZIP64
+//! included) and runs the few pickle opcodes such a file uses (protocols 2 to 4). Tensors are
+//! rebuilt from `_rebuild_tensor_v2` (and `_rebuild_parameter`) with their storage's dtype,
+//! offset, size and stride; any other object is an error naming it. The writer produces what
+//! `torch.save` does for a dict of contiguous tensors (protocol 2, records aligned to 64
+//! bytes), which `torch.load` reads with `weights_only=True`, its default.
 
 use std::collections::HashMap;
 
-use tch::{Kind, Tensor};
+/// The element type of a stored tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TorchDtype {
+    F32,
+    F16,
+    BF16,
+    F64,
+    I32,
+    I64,
+}
+
+impl TorchDtype {
+    fn from_storage(name: &str) -> Option<TorchDtype> {
+        Some(match name {
+            "FloatStorage" => TorchDtype::F32,
+            "HalfStorage" => TorchDtype::F16,
+            "BFloat16Storage" => TorchDtype::BF16,
+            "DoubleStorage" => TorchDtype::F64,
+            "IntStorage" => TorchDtype::I32,
+            "LongStorage" => TorchDtype::I64,
+            _ => return None,
+        })
+    }
+
+    fn storage_name(self) -> &'static str {
+        match self {
+            TorchDtype::F32 => "FloatStorage",
+            TorchDtype::F16 => "HalfStorage",
+            TorchDtype::BF16 => "BFloat16Storage",
+            TorchDtype::F64 => "DoubleStorage",
+            TorchDtype::I32 => "IntStorage",
+            TorchDtype::I64 => "LongStorage",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            TorchDtype::F16 | TorchDtype::BF16 => 2,
+            TorchDtype::F32 | TorchDtype::I32 => 4,
+            TorchDtype::F64 | TorchDtype::I64 => 8,
+        }
+    }
+
+    fn read(self, b: &[u8]) -> f32 {
+        match self {
+            TorchDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            TorchDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            TorchDtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            TorchDtype::F64 => {
+                f64::from_le_bytes(b[..8].try_into().expect("8 bytes by size()")) as f32
+            }
+            TorchDtype::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
+            TorchDtype::I64 => {
+                i64::from_le_bytes(b[..8].try_into().expect("8 bytes by size()")) as f32
+            }
+        }
+    }
+}
+
+/// A tensor of a state dict, contiguous in row-major order. Values are held as `f32` whatever
+/// the stored type (integers such as a TopK SAE's `k` are exact below 2^24); `dtype` says how
+/// the file stores it, and how [`write_state_dict`] writes it (F32 or I32).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateTensor {
+    pub dtype: TorchDtype,
+    /// The shape; `[]` for a scalar.
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl StateTensor {
+    /// An F32 tensor of `shape` (its element count must be `data.len()`).
+    pub fn f32(shape: &[usize], data: Vec<f32>) -> StateTensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        StateTensor {
+            dtype: TorchDtype::F32,
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// A scalar I32 tensor (what dictionary_learning's `register_buffer("k", t.tensor(k))`
+    /// holds).
+    pub fn scalar_i32(value: i32) -> StateTensor {
+        StateTensor {
+            dtype: TorchDtype::I32,
+            shape: Vec::new(),
+            data: vec![value as f32],
+        }
+    }
+}
 
 /// A pickle value, as far as state dicts need.
 #[derive(Clone, Debug)]
@@ -25,14 +116,14 @@ enum Value {
     Dict(Vec<(Value, Value)>),
     Global(String, String),
     /// A storage named by a persistent id: its dtype, its key under `data/`, its element count.
-    Storage(Kind, String, i64),
+    Storage(TorchDtype, String, i64),
     Tensor(TensorRef),
 }
 
 /// A tensor as `_rebuild_tensor_v2` describes it: a view of a storage.
 #[derive(Clone, Debug)]
 struct TensorRef {
-    kind: Kind,
+    dtype: TorchDtype,
     key: String,
     numel: i64,
     offset: i64,
@@ -40,9 +131,10 @@ struct TensorRef {
     stride: Vec<i64>,
 }
 
-/// Reads the tensors of a `torch.save`d dict (keys and tensors in file order), as `f32`
-/// tensors on the CPU. Errors are one line naming what is wrong.
-pub(crate) fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+/// Reads the tensors of a `torch.save`d dict (keys and tensors in file order; entries that are
+/// not tensors, such as a version number, are left out). Errors are one line naming what is
+/// wrong (the caller adds the file).
+pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, StateTensor)>, String> {
     let entries = zip_entries(bytes)?;
     let (pkl_name, pkl) = entries
         .iter()
@@ -69,7 +161,6 @@ pub(crate) fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, Str
             return Err("a key of the state dict is not a string".into());
         };
         let Value::Tensor(t) = v else {
-            // Non-tensor entries (such as a version number) are not weights.
             continue;
         };
         let data_name = format!("{prefix}data/{}", t.key);
@@ -77,36 +168,61 @@ pub(crate) fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, Str
             .iter()
             .find(|(n, _)| *n == data_name)
             .ok_or_else(|| format!("storage {data_name} of {name} is missing"))?;
-        let bytes_needed = usize::try_from(t.numel)
-            .ok()
-            .and_then(|n| n.checked_mul(t.kind.elt_size_in_bytes()))
-            .filter(|&n| n <= data.len())
-            .ok_or_else(|| format!("storage {data_name} of {name} is truncated"))?;
-        let storage = Tensor::f_from_data_size(&data[..bytes_needed], &[t.numel], t.kind)
-            .map_err(|e| format!("{name}: {e}"))?;
-        // Bounds of the view: the largest element it reaches must lie in the storage.
-        let reach = t
-            .size
-            .iter()
-            .zip(&t.stride)
-            .try_fold(t.offset, |acc, (&s, &st)| {
-                acc.checked_add((s - 1).max(0).checked_mul(st)?)
-            });
-        let empty = t.size.contains(&0);
-        if t.offset < 0
-            || t.size.iter().chain(&t.stride).any(|&s| s < 0)
-            || (!empty && reach.is_none_or(|r| r >= t.numel))
-        {
-            return Err(format!("{name}: view outside its storage"));
-        }
-        let tensor = storage
-            .f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset)
-            .and_then(|v| v.f_to_kind(Kind::Float))
-            .and_then(|v| v.f_contiguous())
-            .map_err(|e| format!("{name}: {e}"))?;
-        out.push((name, tensor));
+        out.push((
+            name.clone(),
+            gather(&t, data).map_err(|e| format!("{name}: {e}"))?,
+        ));
     }
     Ok(out)
+}
+
+/// The elements of the view `t` of `storage`, in row-major order.
+fn gather(t: &TensorRef, storage: &[u8]) -> Result<StateTensor, String> {
+    let esize = t.dtype.size();
+    let numel = usize::try_from(t.numel).map_err(|_| "negative storage size".to_owned())?;
+    if numel.checked_mul(esize).is_none_or(|n| n > storage.len()) {
+        return Err("its storage is truncated".into());
+    }
+    if t.offset < 0 || t.size.iter().chain(&t.stride).any(|&s| s < 0) {
+        return Err("view outside its storage".into());
+    }
+    let size: Vec<usize> = t.size.iter().map(|&s| s as usize).collect();
+    let stride: Vec<usize> = t.stride.iter().map(|&s| s as usize).collect();
+    let count = size
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .ok_or("tensor too large")?;
+    if count > 0 {
+        // The largest element the view reaches must lie in the storage.
+        let reach = size
+            .iter()
+            .zip(&stride)
+            .try_fold(t.offset as usize, |acc, (&s, &st)| {
+                acc.checked_add((s - 1).checked_mul(st)?)
+            });
+        if reach.is_none_or(|r| r >= numel) {
+            return Err("view outside its storage".into());
+        }
+    }
+    let mut data = Vec::with_capacity(count);
+    let mut index = vec![0usize; size.len()];
+    for _ in 0..count {
+        let at = t.offset as usize + index.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
+        data.push(t.dtype.read(&storage[at * esize..(at + 1) * esize]));
+        // Advance the multi-index, last dimension fastest.
+        for d in (0..size.len()).rev() {
+            index[d] += 1;
+            if index[d] < size[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Ok(StateTensor {
+        dtype: t.dtype,
+        shape: size,
+        data,
+    })
 }
 
 /// The stored entries of a zip archive, by name.
@@ -402,14 +518,9 @@ fn storage(pid: Value) -> Result<Value, String> {
             _,
             Value::Int(numel),
         ] if tag == "storage" => {
-            let kind = match ty.as_str() {
-                "FloatStorage" => Kind::Float,
-                "HalfStorage" => Kind::Half,
-                "BFloat16Storage" => Kind::BFloat16,
-                "DoubleStorage" => Kind::Double,
-                other => return Err(format!("storage type torch.{other} is not supported")),
-            };
-            Ok(Value::Storage(kind, key.clone(), *numel))
+            let dtype = TorchDtype::from_storage(ty)
+                .ok_or_else(|| format!("storage type torch.{ty} is not supported"))?;
+            Ok(Value::Storage(dtype, key.clone(), *numel))
         }
         _ => Err("unsupported persistent id".into()),
     }
@@ -439,7 +550,7 @@ fn reduce(f: Value, args: Value) -> Result<Value, String> {
         ("collections", "OrderedDict") => Ok(Value::Dict(Vec::new())),
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => match args.as_slice() {
             [
-                Value::Storage(kind, key, numel),
+                Value::Storage(dtype, key, numel),
                 Value::Int(offset),
                 size,
                 stride,
@@ -452,7 +563,7 @@ fn reduce(f: Value, args: Value) -> Result<Value, String> {
                     return Err("tensor with a malformed size or stride".into());
                 }
                 Ok(Value::Tensor(TensorRef {
-                    kind: *kind,
+                    dtype: *dtype,
                     key: key.clone(),
                     numel: *numel,
                     offset: *offset,
@@ -467,5 +578,199 @@ fn reduce(f: Value, args: Value) -> Result<Value, String> {
             .next()
             .ok_or_else(|| "parameter without data".into()),
         _ => Err(format!("unsupported object {module}.{name}")),
+    }
+}
+
+/// The bytes of `torch.save(d)` for the dict `d` of `tensors` (in this order), as PyTorch
+/// writes it: a zip archive of stored entries under `archive/` (`data.pkl`, `byteorder`, one
+/// record per tensor under `data/`, `version`), each record's bytes aligned to 64. I32
+/// tensors are written as `torch.int32`, every other dtype as `torch.float32`. Errors when the
+/// archive would need ZIP64 (4 GiB).
+pub fn write_state_dict(tensors: &[(&str, &StateTensor)]) -> Result<Vec<u8>, String> {
+    let mut pkl = vec![0x80, 2, b'}', b'('];
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let dtype = if t.dtype == TorchDtype::I32 {
+            TorchDtype::I32
+        } else {
+            TorchDtype::F32
+        };
+        pickle_str(&mut pkl, name);
+        pkl.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+        // The persistent id of the storage: ('storage', torch.FloatStorage, key, 'cpu', numel).
+        pkl.push(b'(');
+        pickle_str(&mut pkl, "storage");
+        pkl.extend_from_slice(format!("ctorch\n{}\n", dtype.storage_name()).as_bytes());
+        pickle_str(&mut pkl, &i.to_string());
+        pickle_str(&mut pkl, "cpu");
+        pickle_int(&mut pkl, t.data.len() as i64);
+        pkl.extend_from_slice(b"tQ");
+        pickle_int(&mut pkl, 0);
+        // Size and contiguous strides.
+        let mut strides = vec![1i64; t.shape.len()];
+        for d in (0..t.shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * t.shape[d + 1] as i64;
+        }
+        for dims in [t.shape.iter().map(|&s| s as i64).collect(), strides] {
+            pkl.push(b'(');
+            for v in dims {
+                pickle_int(&mut pkl, v);
+            }
+            pkl.push(b't');
+        }
+        // requires_grad = False, backward hooks = OrderedDict().
+        pkl.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtR");
+        let bytes: Vec<u8> = match dtype {
+            TorchDtype::I32 => t
+                .data
+                .iter()
+                .flat_map(|&v| (v as i32).to_le_bytes())
+                .collect(),
+            _ => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        records.push((format!("archive/data/{i}"), bytes));
+    }
+    pkl.extend_from_slice(b"u.");
+    let mut entries: Vec<(String, Vec<u8>)> = vec![
+        ("archive/data.pkl".into(), pkl),
+        ("archive/.format_version".into(), b"1".to_vec()),
+        ("archive/.storage_alignment".into(), b"64".to_vec()),
+        ("archive/byteorder".into(), b"little".to_vec()),
+    ];
+    entries.extend(records);
+    entries.push(("archive/version".into(), b"3\n".to_vec()));
+    zip_stored(&entries)
+}
+
+/// A pickle BINUNICODE string.
+fn pickle_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'X');
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A pickle integer: BININT when it fits 32 bits, else LONG1.
+fn pickle_int(out: &mut Vec<u8>, v: i64) {
+    if let Ok(v) = i32::try_from(v) {
+        out.push(b'J');
+        out.extend_from_slice(&v.to_le_bytes());
+    } else {
+        out.extend_from_slice(&[0x8a, 8]);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A zip archive of stored (uncompressed) entries, each entry's data aligned to 64 bytes by
+/// padding its local header's extra field (as PyTorch's writer does).
+fn zip_stored(entries: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let too_big = || "the archive would exceed 4 GiB (ZIP64 is not written)".to_owned();
+    let u32_of = |n: usize| u32::try_from(n).map_err(|_| too_big());
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in entries {
+        let offset = u32_of(out.len())?;
+        let crc = crc32(data);
+        let size = u32_of(data.len())?;
+        let start = out.len() + 30 + name.len();
+        let mut pad = (64 - start % 64) % 64;
+        if pad > 0 && pad < 4 {
+            pad += 64;
+        }
+        let mut local = Vec::with_capacity(30 + name.len() + pad);
+        local.extend_from_slice(&[0x50, 0x4b, 0x03, 0x04]);
+        local.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // version, flags, method, time, date
+        local.extend_from_slice(&crc.to_le_bytes());
+        local.extend_from_slice(&size.to_le_bytes());
+        local.extend_from_slice(&size.to_le_bytes());
+        local.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        local.extend_from_slice(&(pad as u16).to_le_bytes());
+        local.extend_from_slice(name.as_bytes());
+        if pad > 0 {
+            // An extra field of PyTorch's id "FB" that only pads.
+            local.extend_from_slice(b"FB");
+            local.extend_from_slice(&((pad - 4) as u16).to_le_bytes());
+            local.resize(local.len() + pad - 4, 0);
+        }
+        out.extend_from_slice(&local);
+        out.extend_from_slice(data);
+        central.extend_from_slice(&[0x50, 0x4b, 0x01, 0x02]);
+        central.extend_from_slice(&[0; 12]); // made by, needed, flags, method, time, date
+        central.extend_from_slice(&crc.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&[0; 12]); // extra, comment, disk, internal and external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let cd_offset = u32_of(out.len())?;
+    let cd_size = u32_of(central.len())?;
+    let count = u16::try_from(entries.len()).map_err(|_| "too many tensors".to_owned())?;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&[0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0]);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    Ok(out)
+}
+
+/// CRC-32 (IEEE), which zip readers (PyTorch's miniz among them) check.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_of_a_known_string() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn written_state_dicts_read_back() {
+        let w = StateTensor::f32(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = StateTensor::f32(&[3], vec![-1.0, 0.5, 0.25]);
+        let k = StateTensor::scalar_i32(7);
+        let bytes = write_state_dict(&[("encoder.weight", &w), ("b", &b), ("k", &k)]).unwrap();
+        let back = read_state_dict(&bytes).unwrap();
+        let names: Vec<&str> = back.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["encoder.weight", "b", "k"]);
+        assert_eq!(back[0].1, w);
+        assert_eq!(back[1].1, b);
+        assert_eq!(back[2].1, k);
+    }
+
+    #[test]
+    fn strided_views_are_gathered_in_row_major_order() {
+        // A transposed (2, 3) view of a (3, 2) storage.
+        let t = TensorRef {
+            dtype: TorchDtype::F32,
+            key: "0".into(),
+            numel: 6,
+            offset: 0,
+            size: vec![2, 3],
+            stride: vec![1, 2],
+        };
+        let storage: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let got = gather(&t, &storage).unwrap();
+        assert_eq!(got.data, [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
+        let outside = TensorRef { offset: 1, ..t };
+        assert!(gather(&outside, &storage).unwrap_err().contains("outside"));
+    }
+
+    #[test]
+    fn bad_archives_are_named() {
+        assert!(read_state_dict(b"not a zip").unwrap_err().contains("zip"));
     }
 }

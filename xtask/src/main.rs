@@ -6,6 +6,7 @@
 //! the `concord` CLI's: xtask builds it in release mode and runs it with the same arguments,
 //! so `cargo xtask harvest ...` and `concord harvest ...` are one command with one set of flags.
 
+mod align_py;
 mod bench;
 mod corpus;
 mod setup;
@@ -162,6 +163,13 @@ fn test(root: &Path, extra: &[String]) -> Result<ExitCode> {
             .args(["test", "--workspace", "--locked"])
             .args(extra),
     )?;
+    let t = Instant::now();
+    eprintln!("xtask test: concord_align (Python package, fresh venv)");
+    align_py::test(root)?;
+    eprintln!(
+        "xtask test: concord_align (Python package, fresh venv) done in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
     eprintln!(
         "xtask test: all passed in {:.0} s",
         start.elapsed().as_secs_f64()

@@ -48,7 +48,8 @@ def correlate(codes_a: Any, codes_b: Any) -> dict[str, Any]:
 def compare(
     sae_a: _Path, sae_b: _Path, *, null_seeds: int = 0, family_threshold: float = 0.5
 ) -> dict[str, Any]:
-    """`concord align --a sae_a --b sae_b`'s JSON record for two SAELens-layout folders."""
+    """`concord align --a sae_a --b sae_b`'s JSON record for two SAEs: SAELens folders,
+    sparsify hook folders or dictionary_learning `ae.pt` files."""
 
 def load_sae(path: _Path) -> dict[str, Any]:
     """`cfg`, `W_enc` `(d_in, d_sae)`, `b_enc` `(d_sae,)`, `W_dec` `(d_sae, d_in)`, `b_dec`

@@ -391,16 +391,11 @@ fn read_error(path: &Path, e: &concord_core::Error) -> PyErr {
     }
 }
 
-/// Reads an SAE as `concord align` does: a SAELens-layout folder.
+/// Reads an SAE as `concord align` does, whatever package wrote it
+/// (`concord_core::interop::load`): a SAELens folder, a sparsify hook folder, or a
+/// dictionary_learning `ae.pt` (or a folder holding one).
 fn load(path: &Path) -> PyResult<Sae> {
-    if path.is_file() {
-        return Err(PyValueError::new_err(format!(
-            "cannot read SAE {}: a file; concord_align reads SAELens-layout folders \
-             (cfg.json, sae_weights.safetensors)",
-            path.display()
-        )));
-    }
-    Sae::load(path).map_err(|e| read_error(path, &e))
+    concord_core::interop::load(path, "", "").map_err(|e| read_error(path, &e))
 }
 
 /// Compares two SAEs by their weights as `concord align --a A --b B` does, and returns the
@@ -413,9 +408,10 @@ fn load(path: &Path) -> PyResult<Sae> {
 /// (`--acts-a`, `--acts-b`) is not computed here: `correlation` is `{}`.
 ///
 /// Args:
-///     sae_a: a SAELens-layout folder (`cfg.json`, `sae_weights.safetensors`), as
-///         `concord train` writes and SAELens saves.
-///     sae_b: the second folder; its `d_in` must equal `sae_a`'s.
+///     sae_a: an SAE: a SAELens-layout folder (`cfg.json`, `sae_weights.safetensors`), as
+///         `concord train` writes and SAELens saves; a sparsify hook folder (`cfg.json`,
+///         `sae.safetensors`); or a dictionary_learning `ae.pt` (or a folder holding one).
+///     sae_b: the second SAE; its `d_in` must equal `sae_a`'s.
 ///     null_seeds: seeds of each null computed for this pair (`--null`; 0: none).
 ///     family_threshold: decoder cosine above which a feature of the larger SAE joins a
 ///         family of the smaller's (`--family-threshold`).
@@ -426,8 +422,8 @@ fn load(path: &Path) -> PyResult<Sae> {
 ///     `by_frequency`, `examples`, `seconds`.
 ///
 /// Raises:
-///     FileNotFoundError: a folder or one of its files is missing.
-///     ValueError: an unreadable folder, or SAEs of different widths.
+///     FileNotFoundError: a path or one of its files is missing.
+///     ValueError: an unreadable SAE, or SAEs of different widths.
 #[pyfunction]
 #[pyo3(signature = (sae_a, sae_b, *, null_seeds = 0, family_threshold = 0.5))]
 #[expect(
@@ -485,10 +481,11 @@ fn array2<'py>(
         .map(Bound::into_any)
 }
 
-/// Reads an SAE folder as `compare` does.
+/// Reads an SAE as `compare` does.
 ///
 /// Args:
-///     path: a SAELens-layout folder (`cfg.json`, `sae_weights.safetensors`).
+///     path: a SAELens-layout folder, a sparsify hook folder, or a dictionary_learning
+///         `ae.pt` (or a folder holding one).
 ///
 /// Returns:
 ///     dict: `cfg` (the parsed `cfg.json`), `W_enc` `(d_in, d_sae)`, `b_enc` `(d_sae,)`,
@@ -496,8 +493,8 @@ fn array2<'py>(
 ///     for JumpReLU SAEs (else None).
 ///
 /// Raises:
-///     FileNotFoundError: the folder or one of its files is missing.
-///     ValueError: an unreadable folder.
+///     FileNotFoundError: the path or one of its files is missing.
+///     ValueError: an unreadable SAE.
 #[pyfunction]
 #[expect(
     clippy::needless_pass_by_value,

@@ -241,6 +241,30 @@ def test_compare_is_concord_align(saes, tmp_path, pair, nulls):
     assert ca.compare(a, b, null_seeds=nulls)["mmcs"] == got["mmcs"]
 
 
+@pytest.mark.parametrize("fmt,arch", [("dictionary-learning", "standard"), ("sparsify", "topk")])
+def test_compare_reads_the_other_packages_files(saes, tmp_path, fmt, arch):
+    """An SAE exported by `concord export` (sparsify's hook folder, dictionary_learning's
+    ae.pt) compares as its SAELens folder does, and as `concord align` compares it."""
+    _, t = saes["c"]
+    src = tmp_path / "src"
+    write_sae(src, t["W_enc"], t["W_dec"], {"architecture": arch, "k": 16} if arch == "topk" else None)
+    out = tmp_path / "out"
+    subprocess.run(
+        [str(concord_bin()), "export", "--format", fmt, "--sae", str(src), "--out", str(out)],
+        check=True,
+    )
+    path = out / "ae.pt" if fmt == "dictionary-learning" else out
+    other = saes["a"][0]
+    got = ca.compare(path, other)
+    want = concord_align(path, other, tmp_path)
+    del want["seconds"], got["seconds"]
+    assert got == want
+    ref = ca.compare(src, other)
+    for key in ("mmcs", "matching", "families", "zero_features"):
+        assert got[key] == ref[key], key
+    assert np.array_equal(ca.load_sae(path)["W_dec"], t["W_dec"])
+
+
 def test_compare_matches_scipy_on_the_decoders(saes):
     (a, ta), (b, tb) = saes["a"], saes["b"]
     got = ca.compare(a, b)
@@ -274,7 +298,9 @@ def test_bad_input_raises_the_crates_one_line_errors(tmp_path, saes):
         (lambda: ca.correlate(np.array([[1.0, np.inf]]), np.ones((1, 2))),
          ValueError, "batch 0, token 0: feature 1 is not finite"),
         (lambda: ca.compare(tmp_path / "missing", saes["a"][0]),
-         FileNotFoundError, f"cannot read SAE {tmp_path / 'missing'}: {tmp_path / 'missing' / 'cfg.json'}: No such file"),
+         FileNotFoundError, f"cannot read SAE {tmp_path / 'missing'}: {tmp_path / 'missing'}: no such file or folder"),
+        (lambda: ca.load_sae(tmp_path),
+         ValueError, f"cannot read SAE {tmp_path}: "),
     ]
     for f, kind, text in cases:
         with pytest.raises(kind) as e:

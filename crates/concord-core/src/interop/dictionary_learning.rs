@@ -343,6 +343,8 @@ mod tests {
             ("standard", None, false, "AutoEncoder", "standard"),
             ("topk", Some(2), false, "AutoEncoderTopK", "topk"),
             ("jumprelu", Some(2), true, "BatchTopKSAE", "jumprelu"),
+            // A BatchTopK folder written before SAELens 6's layout.
+            ("batchtopk", Some(2), true, "BatchTopKSAE", "jumprelu"),
             ("jumprelu", None, true, "JumpReluAutoEncoder", "jumprelu"),
         ];
         for (arch, k, th, class, back_arch) in cases {

@@ -145,3 +145,43 @@ fn broken_ae_pt_is_an_error_naming_the_file() {
         .to_string();
     assert!(err.contains("ae.pt"), "{err}");
 }
+
+/// BatchTopK folders written before SAELens 6's layout say `batchtopk`; those written now say
+/// `jumprelu`: both encode alike (the threshold in every feature).
+#[test]
+fn batchtopk_folders_old_and_new_give_identical_codes() {
+    let w = SaeWeights {
+        d_in: 2,
+        d_sae: 3,
+        w_enc: vec![1.0, -0.5, 0.5, 0.25, 1.0, 0.5],
+        b_enc: vec![0.1, 0.0, -0.1],
+        w_dec: vec![1.0, 0.0, 0.0, 1.0, 0.6, 0.8],
+        b_dec: vec![0.2, -0.1],
+        threshold: Some(vec![0.3; 3]),
+    };
+    let xs = Tensor::from_slice(&[1.0f32, 2.0, -0.5, 0.7, 0.3, 0.1]).view([3, 2]);
+    let codes = |arch: &str| -> Vec<f32> {
+        let tmp = tempdir();
+        std::fs::write(
+            tmp.path().join("cfg.json"),
+            format!(
+                r#"{{"d_in": 2, "d_sae": 3, "architecture": "{arch}", "k": 1,
+                    "concord_architecture": "batchtopk", "hook_name": "h", "model_name": "m"}}"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join(WEIGHTS_FILE), w.to_safetensors()).unwrap();
+        let sae = concord_train::load_sae(tmp.path(), "", "").unwrap();
+        let cs = SaeModel::from_sae(&sae, Device::Cpu)
+            .unwrap()
+            .encode(&xs)
+            .unwrap();
+        Vec::try_from(&cs.view([-1])).unwrap()
+    };
+    let old = codes("batchtopk");
+    assert_eq!(old, codes("jumprelu"));
+    assert!(
+        old.iter().any(|&c| c > 0.0) && old.contains(&0.0),
+        "{old:?}"
+    );
+}

@@ -58,12 +58,15 @@ def imports():
     """The pinned packages, or a failing check naming what to install."""
     import importlib
 
-    import torch
+    try:
+        import torch
 
-    # sparsify decodes with a Triton kernel whenever Triton imports (torch ships it), which
-    # needs a GPU; its own switch selects the eager decoder.
-    if not torch.cuda.is_available():
-        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+        # sparsify decodes with a Triton kernel whenever Triton imports (torch ships it), which
+        # needs a GPU; its own switch selects the eager decoder.
+        if not torch.cuda.is_available():
+            os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+    except Exception as e:  # noqa: BLE001 - reported below with the packages
+        check("import torch", False, f"{type(e).__name__}: {e}")
     mods = {}
     for mod, version in PINS.items():
         try:
@@ -77,7 +80,7 @@ def imports():
     if failures:
         sys.exit(
             "interop: the pinned packages of crates/concord-cli/tests/python/requirements.txt are "
-            "missing from this Python; `cargo xtask test` (or `cargo xtask setup`) installs them "
+            "missing from this Python; `cargo xtask test` installs them "
             "into .venv"
         )
     return mods

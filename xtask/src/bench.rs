@@ -44,6 +44,8 @@ struct Record {
 pub fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
     setup::ensure(root, setup::Need::run())?;
     setup::pip_install(root, PEERS)?;
+    // `benches/peers/align_py.sh` times the Python package, built from this tree by pip.
+    setup::pip_install(root, &[&format!("./{}", crate::align_py::CRATE)])?;
     // The harvest and training peers time the whole release command.
     let cli = crate::build_cli(root)?;
     // The real-SAE correlation peer times our kernel on the codes it computes.

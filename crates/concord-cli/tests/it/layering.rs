@@ -102,6 +102,7 @@ fn only_models_and_train_link_libtorch() {
     }
     for name in [
         "concord-align",
+        "concord-align-py",
         "concord-store",
         "concord-report",
         "concord-core",
@@ -109,7 +110,12 @@ fn only_models_and_train_link_libtorch() {
     ] {
         assert!(members.contains(name), "{name} is a workspace member");
     }
-    for name in ["concord-align", "concord-store", "concord-report"] {
+    for name in [
+        "concord-align",
+        "concord-align-py",
+        "concord-store",
+        "concord-report",
+    ] {
         assert!(
             !reaches(&graph, name, "concord-models") && !reaches(&graph, name, "concord-train")
         );
@@ -133,6 +139,7 @@ fn only_store_and_report_touch_parquet() {
     assert!(graph["concord-store"].contains("parquet"));
     for pure in [
         "concord-align",
+        "concord-align-py",
         "concord-core",
         "concord-models",
         "concord-train",

@@ -13,6 +13,7 @@ pub mod interop;
 pub mod manifest;
 pub mod outputs;
 pub mod sae;
+pub mod snapshots;
 pub mod torch_file;
 
 pub use error::{Error, Result};

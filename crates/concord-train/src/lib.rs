@@ -25,7 +25,8 @@ pub use import::{load_dictionary_learning, load_sae, load_saelens};
 pub use init::init_weights;
 pub use model::{Activation, SaeModel};
 pub use spec::{
-    Arch, BDecInit, DataSeed, GridStream, Hyper, JUMPRELU_BANDWIDTH, JUMPRELU_INIT_THRESHOLD,
-    JUMPRELU_L0_COEFFICIENT, SaeSpec, TrainOptions, grid, parse_device,
+    Arch, BDecInit, ComputeDtype, DataSeed, GridStream, Hyper, JUMPRELU_BANDWIDTH,
+    JUMPRELU_INIT_THRESHOLD, JUMPRELU_L0_COEFFICIENT, SaeSpec, TrainOptions, grid, input_scale_for,
+    parse_device, snapshot_steps,
 };
 pub use trainer::{Batch, CurvePoint, SaeStepStats, StepStats, Trainer};

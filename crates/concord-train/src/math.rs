@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::Result;
 use crate::sparse::{self, Codes, Isa};
-use crate::spec::{Arch, Hyper};
+use crate::spec::{Arch, ComputeDtype, Hyper};
 
 /// The trainable tensors of one SAE, in SAELens orientation.
 #[derive(Debug)]
@@ -58,6 +58,26 @@ pub(crate) struct StepKnobs {
     /// Codes denser than this run the dense decoder path (libtorch GEMMs); sparser codes on
     /// the CPU run the kernels of [`crate::sparse`].
     pub sparse_max_density: f64,
+    /// The element type of the large products.
+    pub compute: ComputeDtype,
+}
+
+/// `t` as an operand of the large products: itself in f32, a bfloat16 copy in bf16.
+fn operand(t: &Tensor, compute: ComputeDtype) -> Result<Tensor> {
+    Ok(match compute {
+        ComputeDtype::F32 => t.shallow_clone(),
+        ComputeDtype::Bf16 => t.f_to_kind(Kind::BFloat16)?,
+    })
+}
+
+/// `a b` of two operands (see [`operand`]), as f32.
+fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let r = a.f_mm(b)?;
+    Ok(if r.kind() == Kind::Float {
+        r
+    } else {
+        r.f_to_kind(Kind::Float)?
+    })
 }
 
 fn sum0(t: &Tensor) -> Result<Tensor> {
@@ -106,6 +126,8 @@ pub(crate) fn pass(
     let (batch, d_in) = (xs.size()[0], xs.size()[1] as usize);
     let d_sae = p.w_enc.size()[1];
     let xc = xs.f_sub(b_dec)?;
+    let compute = knobs.compute;
+    let xc_op = operand(&xc, compute)?;
     // `acts` is ReLU(pre), computed in place: every architecture selects from it. JumpReLU
     // zeroes `pre <= theta` instead (theta > 0, so its codes are non-negative too), after
     // noting the entries in its kernel's window (some of which are zeroed).
@@ -113,7 +135,7 @@ pub(crate) fn pass(
     // ReLU SAEs on the CPU take the product alone; one pass then adds the bias, applies ReLU
     // and counts the active entries (addmm would first copy the bias into every row).
     let (mut acts, fused_stats) = if cpu && matches!(arch, Arch::ReluL1Faithful | Arch::ReluL1) {
-        let mut pre = xc.f_mm(&p.w_enc)?;
+        let mut pre = mm(&xc_op, &operand(&p.w_enc, compute)?)?;
         let b_enc = cpu_contiguous(&p.b_enc)?;
         let stats = match (cpu_f32_slice_mut(&mut pre), cpu_f32_slice(&b_enc)) {
             (Some(dense), Some(bias)) => Some(sparse::bias_relu_stats(dense, bias)),
@@ -125,7 +147,9 @@ pub(crate) fn pass(
             None => (pre.f_add(&p.b_enc)?, None),
         }
     } else {
-        (p.b_enc.f_addmm(&xc, &p.w_enc)?, None)
+        let mut pre = mm(&xc_op, &operand(&p.w_enc, compute)?)?;
+        let _ = pre.f_add_(&p.b_enc)?;
+        (pre, None)
     };
     let jump = match (arch, &p.log_threshold) {
         (Arch::JumpRelu, Some(log_th)) => {
@@ -194,16 +218,19 @@ pub(crate) fn pass(
                         Some((counts, stats.sum)),
                         None,
                         xs,
-                        &xc,
+                        &xc_op,
                         &w_dec,
                         b_dec,
                         l1,
                         hyper,
                         p,
+                        compute,
                     )?
                 }
             }
-            None => dense_tail(&acts, None, None, xs, &xc, &w_dec, b_dec, l1, hyper, p)?,
+            None => dense_tail(
+                &acts, None, None, xs, &xc_op, &w_dec, b_dec, l1, hyper, p, compute,
+            )?,
         },
         Arch::TopK | Arch::BatchTopK => {
             // TopK keeps `k` per row; BatchTopK keeps `k * batch` over the whole batch.
@@ -243,7 +270,9 @@ pub(crate) fn pass(
                     acts.f_zeros_like()?.f_scatter(1, &idx, &vals)?
                 };
                 let aux = aux.map(|a| dense_aux(&acts, a)).transpose()?;
-                dense_tail(&cs, None, aux, xs, &xc, &w_dec, b_dec, l1, hyper, p)?
+                dense_tail(
+                    &cs, None, aux, xs, &xc_op, &w_dec, b_dec, l1, hyper, p, compute,
+                )?
             }
         }
     };
@@ -409,10 +438,13 @@ fn dense_tail(
     l1: Option<f64>,
     hyper: &Hyper,
     p: &Params,
+    compute: ComputeDtype,
 ) -> Result<Tail> {
     let (batch, d_in) = (xs.size()[0], xs.size()[1]);
     let d_sae = cs.size()[1];
-    let x_hat = b_dec.f_addmm(cs, w_dec)?;
+    let (cs_op, w_dec_op) = (operand(cs, compute)?, operand(w_dec, compute)?);
+    let mut x_hat = mm(&cs_op, &w_dec_op)?;
+    let _ = x_hat.f_add_(b_dec)?;
     let err = x_hat.f_sub(xs)?;
     let flat = err.f_view([-1])?;
     let mse = flat.f_dot(&flat)?.f_div_scalar((batch * d_in) as f64)?;
@@ -423,16 +455,16 @@ fn dense_tail(
     };
     let g_xhat = err.f_mul_scalar(2.0 / (batch * d_in) as f64)?;
     let g_b_dec = sum0(&g_xhat)?;
-    let mut g_wdec = cs.f_tr()?.f_mm(&g_xhat)?;
+    let g_xhat_op = operand(&g_xhat, compute)?;
+    let mut g_wdec = mm(&cs_op.f_tr()?, &g_xhat_op)?;
     // The L1 term's gradient: a constant l1 / batch on active codes. On the CPU it is added
     // in one pass with ReLU's backward and the bias gradient, in place; elsewhere it rides
     // in the GEMM's bias.
     let c = l1.map_or(0.0, |l1| l1 / batch as f64);
     let cpu_acts = cpu_f32_slice(cs).filter(|_| aux.is_none());
     let mut g_cs = match cpu_acts {
-        Some(_) => g_xhat.f_mm(&w_dec.f_tr()?)?,
-        None => Tensor::f_full([d_sae], c, (Kind::Float, xs.device()))?
-            .f_addmm(&g_xhat, &w_dec.f_tr()?)?,
+        Some(_) => mm(&g_xhat_op, &w_dec_op.f_tr()?)?,
+        None => mm(&g_xhat_op, &w_dec_op.f_tr()?)?.f_add_scalar(c)?,
     };
     let fused = match (cpu_acts, cpu_f32_slice_mut(&mut g_cs)) {
         (Some(a), Some(g)) => Some(sparse::relu_backward_column_sums(
@@ -454,14 +486,16 @@ fn dense_tail(
             None => cs.f_sum(Kind::Float)?.f_mul_scalar(l1 / batch as f64)?,
         },
         (None, Some((acts, scale))) => {
-            let e_hat = acts.f_mm(&p.w_dec)?;
+            let (acts_op, w_raw_op) = (operand(&acts, compute)?, operand(&p.w_dec, compute)?);
+            let e_hat = mm(&acts_op, &w_raw_op)?;
             let diff = e_hat.f_add(&err)?;
             let coef = hyper.auxk_alpha * scale;
             let df = diff.f_view([-1])?;
             let loss = df.f_dot(&df)?.f_mul_scalar(coef / (batch * d_in) as f64)?;
             let g_ehat = diff.f_mul_scalar(coef * 2.0 / (batch * d_in) as f64)?;
-            g_wdec = g_wdec.f_add(&acts.f_tr()?.f_mm(&g_ehat)?)?;
-            let g_acts = acts.f_threshold_backward(&g_ehat.f_mm(&p.w_dec.f_tr()?)?, 0.0)?;
+            let g_ehat_op = operand(&g_ehat, compute)?;
+            g_wdec = g_wdec.f_add(&mm(&acts_op.f_tr()?, &g_ehat_op)?)?;
+            let g_acts = acts.f_threshold_backward(&mm(&g_ehat_op, &w_raw_op.f_tr()?)?, 0.0)?;
             g_pre = g_pre.f_add(&g_acts)?;
             loss
         }
@@ -471,7 +505,7 @@ fn dense_tail(
         Some(sums) => Tensor::f_from_slice(&sums)?,
         None => sum0(&g_pre)?,
     };
-    let g_w_enc = xc.f_tr()?.f_mm(&g_pre)?;
+    let g_w_enc = mm(&xc.f_tr()?, &operand(&g_pre, compute)?)?;
     Ok(Tail {
         extra,
         mse,
@@ -925,6 +959,7 @@ mod tests {
                 let knobs = StepKnobs {
                     sparsity: 0.05,
                     sparse_max_density: sparse,
+                    compute: ComputeDtype::F32,
                 };
                 let got = pass(arch, &spec.hyper, &p, &p.b_dec, &xs, knobs, dead_opt).unwrap();
                 let leaves: Vec<Tensor> = p
@@ -1018,6 +1053,7 @@ mod tests {
                 let knobs = StepKnobs {
                     sparsity: l0,
                     sparse_max_density: sparse,
+                    compute: ComputeDtype::F32,
                 };
                 let got = pass(Arch::JumpRelu, &hyper, &p, &p.b_dec, &xs, knobs, None).unwrap();
                 let loss = jumprelu_loss_f64(&weights, &theta64, &xs, l0);

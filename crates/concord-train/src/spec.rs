@@ -175,6 +175,25 @@ pub struct SaeSpec {
     /// Seed of the row order (used by the caller's reader; recorded in `cfg.json`).
     pub data_seed: u64,
     pub hyper: Hyper,
+    /// The factor the SAE's input rows are multiplied by before it sees them (1: none).
+    /// [`input_scale_for`] gives SAELens's `expected_average_only_in` normalisation (mean
+    /// squared norm `d_in`); the saved SAE has it folded in, so it reads unscaled rows.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub input_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+/// The input scale that gives rows of mean squared norm `mean_sq_norm` the mean squared norm
+/// `d_in` (one per element; SAELens's `normalize_activations = "expected_average_only_in"`).
+pub fn input_scale_for(d_in: usize, mean_sq_norm: f64) -> f64 {
+    (d_in as f64 / mean_sq_norm).sqrt()
 }
 
 impl SaeSpec {
@@ -252,6 +271,7 @@ impl SaeSpec {
             init_seed: 0,
             data_seed: 0,
             hyper,
+            input_scale: 1.0,
         };
         spec.name = spec.default_name();
         spec
@@ -373,6 +393,12 @@ impl SaeSpec {
                  does)"
             ));
         }
+        if !(self.input_scale.is_finite() && self.input_scale > 0.0) {
+            return bad(format!(
+                "input_scale = {} must be positive and finite",
+                self.input_scale
+            ));
+        }
         if !(h.auxk_alpha.is_finite() && h.auxk_alpha >= 0.0) {
             return bad(format!(
                 "auxk_alpha = {} must be non-negative",
@@ -414,13 +440,55 @@ pub struct TrainOptions {
     /// kernels instead of dense GEMMs (0 turns them off). Results agree to rounding.
     #[serde(default = "default_sparse_max_density")]
     pub sparse_max_density: f64,
+    /// The element type of the large matrix products (parameters, Adam state and sums stay
+    /// f32).
+    #[serde(default)]
+    pub compute_dtype: ComputeDtype,
+    /// Steps after which every SAE is also saved as `snapshot_dir/<step>/<name>/` (a whole
+    /// SAELens folder; see [`snapshot_steps`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_steps: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_dir: Option<std::path::PathBuf>,
 }
+
+/// The element type of training's large matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDtype {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// The products' operands rounded to bfloat16 (AMX and tensor cores run them 8-10x
+    /// faster), accumulated in f32 and rounded to bfloat16 again on output (libtorch's CPU
+    /// has no bf16 x bf16 -> f32 product); weights, gradients' sums and Adam stay f32.
+    Bf16,
+}
+
+impl FromStr for ComputeDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ComputeDtype> {
+        match s {
+            "f32" | "float32" => Ok(ComputeDtype::F32),
+            "bf16" | "bfloat16" => Ok(ComputeDtype::Bf16),
+            _ => Err(Error::InvalidSpec {
+                sae: String::new(),
+                reason: format!("unknown compute dtype {s:?} (expected f32 or bf16)"),
+            }),
+        }
+    }
+}
+
+pub use concord_core::snapshots::snapshot_steps;
 
 /// Measured crossover (docs/TRAINING.md, "Speed"): the sparse kernels match four GEMMs at
 /// ~13 % (1:32) to ~17 % (1:4) active entries on a 2-thread Sapphire Rapids CPU.
 fn default_sparse_max_density() -> f64 {
     0.15
 }
+
+/// The crossover with bf16 products (docs/TRAINING.md, "Speed").
+const BF16_SPARSE_MAX_DENSITY: f64 = 0.05;
 
 impl Default for TrainOptions {
     fn default() -> Self {
@@ -432,11 +500,23 @@ impl Default for TrainOptions {
             curve_every: 10,
             divergence_factor: 1e4,
             sparse_max_density: default_sparse_max_density(),
+            compute_dtype: ComputeDtype::F32,
+            snapshot_steps: Vec::new(),
+            snapshot_dir: None,
         }
     }
 }
 
 impl TrainOptions {
+    /// The default [`TrainOptions::sparse_max_density`] for products of `compute` type: the
+    /// sparse kernels run in f32, so bf16's faster dense products move the crossover down.
+    pub fn default_sparse_max_density(compute: ComputeDtype) -> f64 {
+        match compute {
+            ComputeDtype::F32 => default_sparse_max_density(),
+            ComputeDtype::Bf16 => BF16_SPARSE_MAX_DENSITY,
+        }
+    }
+
     /// The libtorch device of [`TrainOptions::device`]; a CUDA device libtorch does not see
     /// is an error.
     pub fn tch_device(&self) -> Result<tch::Device> {

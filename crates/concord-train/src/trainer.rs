@@ -246,10 +246,21 @@ impl Trainer {
         }
         let mut pending = Vec::with_capacity(self.slots.len());
         let mut stats = Vec::with_capacity(self.slots.len());
+        // Each stream's rows times each input scale its SAEs use, made once.
+        let mut scaled: BTreeMap<(usize, u64), Tensor> = BTreeMap::new();
         for slot in &self.slots {
             let spec = &slot.meta.spec;
             let h = &spec.hyper;
             let xs = &inputs[&spec.stream];
+            let xs = if spec.input_scale == 1.0 {
+                xs
+            } else {
+                let key = (spec.stream, spec.input_scale.to_bits());
+                if let std::collections::btree_map::Entry::Vacant(e) = scaled.entry(key) {
+                    e.insert(xs.f_mul_scalar(spec.input_scale)?);
+                }
+                &scaled[&key]
+            };
             let rows = xs.size()[0];
             let b_dec = if slot.meta.b_dec_ready {
                 None
@@ -278,6 +289,7 @@ impl Trainer {
                 StepKnobs {
                     sparsity,
                     sparse_max_density: self.opts.sparse_max_density,
+                    compute: self.opts.compute_dtype,
                 },
                 dead,
             )?;
@@ -396,6 +408,11 @@ impl Trainer {
             out.push(s);
         }
         self.step += 1;
+        if let Some(dir) = &self.opts.snapshot_dir
+            && self.opts.snapshot_steps.contains(&self.step)
+        {
+            self.save_snapshot(dir)?;
+        }
         if let Some(dir) = self.opts.checkpoint_dir.clone()
             && self.opts.checkpoint_every > 0
             && self.step.is_multiple_of(self.opts.checkpoint_every)
@@ -514,6 +531,37 @@ impl Trainer {
             dirs.push(dir);
         }
         Ok(dirs)
+    }
+
+    /// Writes every SAE as it stands now to `dir/<step>/<name>/` (SAELens folders with
+    /// `metrics.json`), each atomically; a snapshot already there (written before a resume)
+    /// is replaced by the same bits on the CPU.
+    fn save_snapshot(&self, dir: &Path) -> Result<()> {
+        let out = dir.join(self.step.to_string());
+        for slot in &self.slots {
+            let sae = export(slot)?;
+            let m = &slot.meta;
+            let metrics = serde_json::json!({
+                "name": m.spec.name,
+                "steps": self.step,
+                "training_tokens": m.tokens,
+                "final": m.last,
+                "snapshot": true,
+            });
+            let metrics = serde_json::to_vec_pretty(&metrics).map_err(|e| Error::Checkpoint {
+                path: out.join(&m.spec.name),
+                reason: e.to_string(),
+            })?;
+            let dir = out.join(&m.spec.name);
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+                    path: parent.to_owned(),
+                    source,
+                })?;
+            }
+            sae.save(&dir, &[("metrics.json", &metrics)])?;
+        }
+        Ok(())
     }
 
     /// Writes a checkpoint folder (parameters, Adam moments and step counts, dead-feature
@@ -662,6 +710,10 @@ pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::try_from(&flat)?)
 }
 
+/// SAE `slot` in the SAELens layout, reading unscaled rows. Trained on rows times `s` (its
+/// input scale), its codes on `x` are `c'(s x) / s`: every activation here is positively
+/// homogeneous (ReLU, TopK's choice, thresholds compared with `pre`), so dividing `b_enc`,
+/// `b_dec` and the thresholds by `s` folds the scale in, and the decoder keeps unit rows.
 fn export(slot: &Slot) -> Result<Sae> {
     let m = &slot.meta;
     let spec = &m.spec;
@@ -671,17 +723,25 @@ fn export(slot: &Slot) -> Result<Sae> {
     } else {
         p.w_dec.shallow_clone()
     };
+    let s = spec.input_scale;
+    let unscale = |t: &Tensor| -> Result<Vec<f32>> {
+        if s == 1.0 {
+            to_vec(t)
+        } else {
+            to_vec(&t.f_to_kind(Kind::Double)?.f_div_scalar(s)?)
+        }
+    };
     let weights = SaeWeights {
         d_in: spec.d_in,
         d_sae: spec.d_sae,
         w_enc: to_vec(&p.w_enc)?,
-        b_enc: to_vec(&p.b_enc)?,
+        b_enc: unscale(&p.b_enc)?,
         w_dec: to_vec(&w_dec)?,
-        b_dec: to_vec(&p.b_dec)?,
+        b_dec: unscale(&p.b_dec)?,
         // JumpReLU saves theta itself (SAELens's `threshold`), not its logarithm.
         threshold: match (&p.log_threshold, spec.arch) {
-            (Some(log_th), Arch::JumpRelu) => Some(to_vec(&log_th.f_exp()?)?),
-            (_, Arch::BatchTopK) => Some(vec![m.threshold.unwrap_or(0.0) as f32; spec.d_sae]),
+            (Some(log_th), Arch::JumpRelu) => Some(unscale(&log_th.f_exp()?)?),
+            (_, Arch::BatchTopK) => Some(vec![(m.threshold.unwrap_or(0.0) / s) as f32; spec.d_sae]),
             _ => None,
         },
     };
@@ -690,6 +750,10 @@ fn export(slot: &Slot) -> Result<Sae> {
         "concord_hyper".into(),
         serde_json::to_value(&spec.hyper).unwrap_or_default(),
     );
+    if s != 1.0 {
+        // Folded into the weights: informational only.
+        extra.insert("concord_input_scale".into(), serde_json::json!(s));
+    }
     let cfg = SaeConfig {
         d_in: spec.d_in,
         d_sae: spec.d_sae,

@@ -4,6 +4,7 @@ mod archs;
 mod errors;
 mod evaluation;
 mod import;
+mod precision;
 mod reference;
 mod resume;
 mod util;

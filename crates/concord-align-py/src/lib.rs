@@ -7,6 +7,7 @@
 //! released. The crate's errors become `ValueError`s with its one-line messages; reading a
 //! file that is missing or unreadable raises `FileNotFoundError` or `OSError`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -216,54 +217,122 @@ fn pythonize<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bo
     py.import("json")?.call_method1("loads", (text,))
 }
 
-/// A 1-D integer array-like as `u64`s (indices, index pointers); `what` names it in errors.
-fn index_vector(what: &str, x: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
-    let array = as_ndarray(x)?;
-    let negative = || PyValueError::new_err(format!("{what}: negative entry"));
-    if let Ok(a) = array.extract::<PyReadonlyArray1<'_, i32>>() {
-        return a
-            .as_array()
-            .iter()
-            .map(|&v| u64::try_from(v).map_err(|_| negative()))
-            .collect();
-    }
-    if let Ok(a) = array.extract::<PyReadonlyArray1<'_, i64>>() {
-        return a
-            .as_array()
-            .iter()
-            .map(|&v| u64::try_from(v).map_err(|_| negative()))
-            .collect();
-    }
-    if let Ok(a) = array.extract::<PyReadonlyArray1<'_, u32>>() {
-        return Ok(a.as_array().iter().map(|&v| u64::from(v)).collect());
-    }
-    if let Ok(a) = array.extract::<PyReadonlyArray1<'_, u64>>() {
-        return Ok(a.as_array().to_vec());
-    }
-    Err(PyValueError::new_err(format!(
-        "{what}: expected a 1-D int32 or int64 array, got {}",
-        describe(&array)?
-    )))
+/// A 1-D numpy array of an element type scipy uses for the parts of a CSR matrix.
+enum Column<'py> {
+    I32(PyReadonlyArray1<'py, i32>),
+    I64(PyReadonlyArray1<'py, i64>),
+    F32(PyReadonlyArray1<'py, f32>),
+    F64(PyReadonlyArray1<'py, f64>),
 }
 
-/// A 1-D float array-like as `f32`s; `what` names it in errors.
-fn value_vector(what: &str, x: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
-    let array = as_ndarray(x)?;
-    if let Ok(a) = array.extract::<PyReadonlyArray1<'_, f32>>() {
-        return Ok(a.as_array().to_vec());
+/// Entries `r` of `a` through `f` (`None` when `f` refuses one).
+fn map_range<T: numpy::Element + Copy, U>(
+    a: &PyReadonlyArray1<'_, T>,
+    r: Range<usize>,
+    f: impl Fn(T) -> Option<U>,
+) -> Option<Vec<U>> {
+    match a.as_slice() {
+        Ok(s) => s[r].iter().map(|&v| f(v)).collect(),
+        Err(_) => {
+            let len = r.len();
+            a.as_array()
+                .iter()
+                .skip(r.start)
+                .take(len)
+                .map(|&v| f(v))
+                .collect()
+        }
     }
-    if let Ok(a) = array.extract::<PyReadonlyArray1<'_, f64>>() {
-        return Ok(a.as_array().iter().map(|&v| v as f32).collect());
-    }
-    Err(PyValueError::new_err(format!(
-        "{what}: expected a 1-D float32 or float64 array, got {}",
-        describe(&array)?
-    )))
 }
 
-/// Codes `(tokens, features)` as one CSR: a scipy sparse matrix (any format; CSR read as is)
-/// or a dense 2-D array.
-fn codes(what: &str, x: &Bound<'_, PyAny>) -> PyResult<(usize, SparseBatch)> {
+impl<'py> Column<'py> {
+    fn new(what: &str, x: &Bound<'py, PyAny>) -> PyResult<Column<'py>> {
+        let array = as_ndarray(x)?;
+        if let Ok(a) = array.extract() {
+            return Ok(Column::I32(a));
+        }
+        if let Ok(a) = array.extract() {
+            return Ok(Column::I64(a));
+        }
+        if let Ok(a) = array.extract() {
+            return Ok(Column::F32(a));
+        }
+        if let Ok(a) = array.extract() {
+            return Ok(Column::F64(a));
+        }
+        Err(PyValueError::new_err(format!(
+            "{what}: expected a 1-D int32, int64, float32 or float64 array, got {}",
+            describe(&array)?
+        )))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Column::I32(a) => a.len(),
+            Column::I64(a) => a.len(),
+            Column::F32(a) => a.len(),
+            Column::F64(a) => a.len(),
+        }
+    }
+
+    /// Entries `r` as integers of type `U` (`None`: a float column, or an entry that is
+    /// negative or too large).
+    fn ints<U: TryFrom<i64>>(&self, r: Range<usize>) -> Option<Vec<U>> {
+        match self {
+            Column::I32(a) => map_range(a, r, |v| U::try_from(i64::from(v)).ok()),
+            Column::I64(a) => map_range(a, r, |v| U::try_from(v).ok()),
+            Column::F32(_) | Column::F64(_) => None,
+        }
+    }
+
+    /// Entries `r` as `u32` feature indices (`None`: a float column, or an entry that is
+    /// negative or too large). The check and the conversion are separate passes, each of
+    /// which vectorises; a checked conversion per entry does not.
+    fn indices(&self, r: Range<usize>) -> Option<Vec<u32>> {
+        fn cast<T: numpy::Element + Copy>(
+            a: &PyReadonlyArray1<'_, T>,
+            r: Range<usize>,
+            bad: impl Fn(T) -> bool,
+            cast: impl Fn(T) -> u32,
+        ) -> Option<Vec<u32>> {
+            match a.as_slice() {
+                Ok(s) => {
+                    let s = &s[r];
+                    let any_bad = s.iter().fold(false, |acc, &v| acc | bad(v));
+                    (!any_bad).then(|| s.iter().map(|&v| cast(v)).collect())
+                }
+                Err(_) => map_range(a, r, |v| (!bad(v)).then(|| cast(v))),
+            }
+        }
+        match self {
+            Column::I32(a) => cast(a, r, |v| v < 0, |v| v as u32),
+            Column::I64(a) => cast(
+                a,
+                r,
+                |v| !(0..=i64::from(u32::MAX)).contains(&v),
+                |v| v as u32,
+            ),
+            Column::F32(_) | Column::F64(_) => None,
+        }
+    }
+
+    /// Entries `r` as `f32` (`None`: an integer column).
+    fn floats(&self, r: Range<usize>) -> Option<Vec<f32>> {
+        match self {
+            Column::F32(a) => match a.as_slice() {
+                Ok(s) => Some(s[r].to_vec()),
+                Err(_) => map_range(a, r, Some),
+            },
+            Column::F64(a) => map_range(a, r, |v| Some(v as f32)),
+            Column::I32(_) | Column::I64(_) => None,
+        }
+    }
+}
+
+/// Codes `(tokens, features)` as batches of `CORR_BATCH` tokens, copied in one pass: from a
+/// scipy sparse matrix (any format; CSR read as it is) or a dense 2-D array. Returns the
+/// number of features, of tokens and the batches.
+fn codes(what: &str, x: &Bound<'_, PyAny>) -> PyResult<(usize, usize, Vec<SparseBatch>)> {
     let sparse = x
         .py()
         .import("scipy.sparse")
@@ -274,9 +343,17 @@ fn codes(what: &str, x: &Bound<'_, PyAny>) -> PyResult<(usize, SparseBatch)> {
         })
         .transpose()?
         .unwrap_or(false);
+    let chunks = |tokens: usize| {
+        (0..tokens)
+            .step_by(CORR_BATCH)
+            .map(move |start| start..(start + CORR_BATCH).min(tokens))
+    };
     if !sparse {
         let (tokens, n, data) = matrix(what, x)?;
-        return Ok((n, SparseBatch::from_dense(&data, tokens, n)));
+        let batches = chunks(tokens)
+            .map(|r| SparseBatch::from_dense(&data[r.start * n..r.end * n], r.len(), n))
+            .collect();
+        return Ok((n, tokens, batches));
     }
     let mut csr = x.call_method0("tocsr")?;
     if !csr.getattr("has_canonical_format")?.is_truthy()? {
@@ -284,47 +361,41 @@ fn codes(what: &str, x: &Bound<'_, PyAny>) -> PyResult<(usize, SparseBatch)> {
         csr = csr.call_method0("copy")?;
         csr.call_method0("sum_duplicates")?;
     }
-    let shape: (usize, usize) = csr.getattr("shape")?.extract()?;
-    let indptr = index_vector(&format!("{what}.indptr"), &csr.getattr("indptr")?)?;
-    let indices = index_vector(&format!("{what}.indices"), &csr.getattr("indices")?)?;
-    let values = value_vector(&format!("{what}.data"), &csr.getattr("data")?)?;
-    let too_many = |v: u64| PyValueError::new_err(format!("{what}: index {v} is too large"));
-    let batch = SparseBatch {
-        indptr: indptr
-            .into_iter()
-            .map(|v| usize::try_from(v).map_err(|_| too_many(v)))
-            .collect::<PyResult<_>>()?,
-        indices: indices
-            .into_iter()
-            .map(|v| u32::try_from(v).map_err(|_| too_many(v)))
-            .collect::<PyResult<_>>()?,
-        values,
-    };
-    if batch.indptr.len() != shape.0 + 1 {
-        return Err(PyValueError::new_err(format!(
-            "{what}: indptr has {} entries for {} rows",
-            batch.indptr.len(),
-            shape.0
+    let (tokens, n): (usize, usize) = csr.getattr("shape")?.extract()?;
+    let column = |part: &str| Column::new(&format!("{what}.{part}"), &csr.getattr(part)?);
+    let (indptr, indices, data) = (column("indptr")?, column("indices")?, column("data")?);
+    let bad = |reason: &str| PyValueError::new_err(format!("{what}: {reason}"));
+    let indptr: Vec<usize> = indptr
+        .ints(0..indptr.len())
+        .ok_or_else(|| bad("indptr holds a negative entry or is not integer"))?;
+    if indptr.len() != tokens + 1
+        || indptr.first() != Some(&0)
+        || indptr.windows(2).any(|w| w[0] > w[1])
+        || indptr[tokens] > indices.len().min(data.len())
+    {
+        return Err(bad(&format!(
+            "indptr ({} entries) must start at 0, not decrease and end within indices and \
+             data ({} and {} entries) for {tokens} rows",
+            indptr.len(),
+            indices.len(),
+            data.len()
         )));
     }
-    Ok((shape.1, batch))
-}
-
-/// `x` cut into batches of `CORR_BATCH` tokens.
-fn split(x: &SparseBatch) -> Vec<SparseBatch> {
-    let tokens = x.tokens();
-    (0..tokens)
-        .step_by(CORR_BATCH)
-        .map(|start| {
-            let end = (start + CORR_BATCH).min(tokens);
-            let (lo, hi) = (x.indptr[start], x.indptr[end]);
-            SparseBatch {
-                indptr: x.indptr[start..=end].iter().map(|p| p - lo).collect(),
-                indices: x.indices[lo..hi].to_vec(),
-                values: x.values[lo..hi].to_vec(),
-            }
+    let batches = chunks(tokens)
+        .map(|r| {
+            let (lo, hi) = (indptr[r.start], indptr[r.end]);
+            Ok(SparseBatch {
+                indptr: indptr[r.start..=r.end].iter().map(|p| p - lo).collect(),
+                indices: indices
+                    .indices(lo..hi)
+                    .ok_or_else(|| bad("indices hold a negative or too large entry"))?,
+                values: data
+                    .floats(lo..hi)
+                    .ok_or_else(|| bad("data is not float32 or float64"))?,
+            })
         })
-        .collect()
+        .collect::<PyResult<_>>()?;
+    Ok((n, tokens, batches))
 }
 
 /// Activation correlation of two SAEs' features on the same tokens (centred Pearson), both
@@ -350,20 +421,17 @@ fn correlate<'py>(
     codes_a: &Bound<'py, PyAny>,
     codes_b: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (n_a, a) = codes("codes_a", codes_a)?;
-    let (n_b, b) = codes("codes_b", codes_b)?;
-    if a.tokens() != b.tokens() {
+    let (n_a, tokens_a, a) = codes("codes_a", codes_a)?;
+    let (n_b, tokens_b, b) = codes("codes_b", codes_b)?;
+    if tokens_a != tokens_b {
         return Err(value_error(concord_align::Error::TokenCountMismatch {
             batch: 0,
-            a_tokens: a.tokens(),
-            b_tokens: b.tokens(),
+            a_tokens: tokens_a,
+            b_tokens: tokens_b,
         }));
     }
     let summary = py
-        .detach(|| {
-            let (ba, bb) = (split(&a), split(&b));
-            corr::correlate(n_a, n_b, ba.iter().zip(&bb))
-        })
+        .detach(|| corr::correlate(n_a, n_b, a.iter().zip(&b)))
         .map_err(value_error)?;
     correlation_dict(py, &summary)
 }

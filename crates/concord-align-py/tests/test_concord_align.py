@@ -295,6 +295,8 @@ def test_bad_input_raises_the_crates_one_line_errors(tmp_path, saes):
          ValueError, "a is empty (0 rows of width 3)"),
         (lambda: ca.correlate(sparse_codes(10, 4, 0.5, 0), sparse_codes(12, 4, 0.5, 1)),
          ValueError, "activation batch 0: 10 tokens for a but 12 for b"),
+        (lambda: ca.correlate(sp.csr_matrix(np.eye(3, dtype=np.int64)), np.ones((3, 2))),
+         ValueError, "codes_a: data is not float32 or float64"),
         (lambda: ca.correlate(np.array([[1.0, np.inf]]), np.ones((1, 2))),
          ValueError, "batch 0, token 0: feature 1 is not finite"),
         (lambda: ca.compare(tmp_path / "missing", saes["a"][0]),

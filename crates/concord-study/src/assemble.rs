@@ -8,9 +8,10 @@ use std::path::Path;
 use concord_core::fsutil;
 use concord_core::outputs::{AlignOutput, EvalOutput, Interval, NullOutput};
 use concord_report::plot::{self, Bar, BarChart, Heatmap, HistGrid, LineChart, Scatter, Series};
-use concord_report::results::ResultRow;
+use concord_report::results::{ResultRow, SaeRow};
 use concord_report::{Figure, Finding, Report, Section, Table};
 
+use crate::convergence::{self, MMCS_TOLERANCE, SHARED_TOLERANCE};
 use crate::plan::{Identity, Pair, Plan, SaeRef, step_dir, training_identity};
 use crate::spec::{DataSeed, Question};
 use crate::{Error, Result};
@@ -21,6 +22,13 @@ pub struct Outputs {
     pub align: BTreeMap<String, AlignOutput>,
     pub null: BTreeMap<String, NullOutput>,
     pub eval: BTreeMap<usize, EvalOutput>,
+    /// The align steps of seed pairs' snapshots, by step id.
+    pub snapshot_align: BTreeMap<String, AlignOutput>,
+    /// Per (SAE index, steps): the eval of its snapshot after that many steps.
+    pub snapshot_eval: BTreeMap<(usize, u64), EvalOutput>,
+    /// Per (SAE index, steps): the training tokens its folder's `cfg.json` records, for the
+    /// final SAE and every snapshot evaluated.
+    pub tokens: BTreeMap<(usize, u64), u64>,
 }
 
 /// Reads the outputs of every step of `plan` under `run_dir`.
@@ -46,7 +54,46 @@ pub fn load(plan: &Plan, run_dir: &Path) -> Result<Outputs> {
             fsutil::read_json(&step_dir(run_dir, step).join("eval.json"))?,
         );
     }
-    Ok(Outputs { align, null, eval })
+    let mut snapshot_align = BTreeMap::new();
+    for (_, id) in plan.pairs.iter().flat_map(|p| &p.snapshots) {
+        snapshot_align.insert(
+            id.clone(),
+            fsutil::read_json(&step_dir(run_dir, id).join("align.json"))?,
+        );
+    }
+    let mut snapshot_eval = BTreeMap::new();
+    for (&i, list) in &plan.snapshot_evals {
+        for (at, id) in list {
+            snapshot_eval.insert(
+                (i, *at),
+                fsutil::read_json(&step_dir(run_dir, id).join("eval.json"))?,
+            );
+        }
+    }
+    let mut tokens = BTreeMap::new();
+    let points = plan.evals.keys().map(|&i| (i, plan.saes[i].steps));
+    for (i, at) in points.chain(snapshot_eval.keys().copied()) {
+        let s = &plan.saes[i];
+        let path = step_dir(run_dir, &s.step)
+            .join(s.folder_at(at))
+            .join(concord_core::sae::CFG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let cfg = concord_core::SaeConfig::from_json(&text, &path)?;
+        if let Some(t) = cfg.training_tokens {
+            tokens.insert((i, at), t);
+        }
+    }
+    Ok(Outputs {
+        align,
+        null,
+        eval,
+        snapshot_align,
+        snapshot_eval,
+        tokens,
+    })
 }
 
 fn fmt_interval(i: &Interval) -> String {
@@ -107,13 +154,28 @@ pub fn assemble(plan: &Plan, out: &Outputs) -> Result<(Report, Vec<ResultRow>)> 
         canon: canonical_saes(plan),
         sections: Vec::new(),
         findings: Vec::new(),
+        conv: convergence::groups(plan, out),
     };
+    ctx.convergence()?;
     ctx.size()?;
     ctx.seeds_and_layers()?;
     ctx.models()?;
     ctx.arch()?;
     ctx.features()?;
     ctx.examples();
+    // Findings about SAEs that are not shown converged give no verdict; the ones already
+    // gated above say why.
+    if let Some(reason) = ctx.unconverged(&[], None) {
+        for f in ctx
+            .findings
+            .iter_mut()
+            .filter(|f| !f.question.starts_with("Convergence"))
+        {
+            if !f.verdict.contains("no verdict") {
+                f.verdict = format!("{reason}; at this budget: {}", f.verdict);
+            }
+        }
+    }
     let rows = results(plan, out);
     let train_tokens: Vec<String> = study
         .grids
@@ -228,6 +290,8 @@ struct Ctx<'a> {
     canon: Vec<usize>,
     sections: Vec<Section>,
     findings: Vec<Finding>,
+    /// The seed pairs' curves against training tokens.
+    conv: Vec<convergence::Group>,
 }
 
 impl<'a> Ctx<'a> {
@@ -275,6 +339,216 @@ impl<'a> Ctx<'a> {
                 seen.insert((a.min(b), a.max(b)))
             })
             .collect()
+    }
+
+    /// Why no verdict may be given on SAEs trained like the init-seed groups of `grids` (all
+    /// grids when empty; one architecture's when `arch` is given): they are not converged, or
+    /// no snapshots show that they are. `None` when every such group is converged.
+    fn unconverged(&self, grids: &[&str], arch: Option<&str>) -> Option<String> {
+        let groups: Vec<&convergence::Group> = self
+            .conv
+            .iter()
+            .filter(|g| g.varies == "init_seed")
+            .filter(|g| grids.is_empty() || grids.contains(&g.grid.as_str()))
+            .filter(|g| arch.is_none_or(|a| g.arch == a))
+            .collect();
+        let changes: Vec<convergence::Change> =
+            groups.iter().filter_map(|g| g.last_change()).collect();
+        if changes.is_empty() {
+            return Some(
+                "no verdict: no snapshots show whether these SAEs are trained far enough (see Convergence)".into(),
+            );
+        }
+        let bad = changes.iter().filter(|c| !c.converged()).count();
+        if bad == 0 {
+            return None;
+        }
+        let worst = changes.iter().map(|c| c.mmcs.abs()).fold(0.0f64, f64::max);
+        let worst_shared = changes
+            .iter()
+            .map(|c| c.shared.abs())
+            .fold(0.0f64, f64::max);
+        Some(format!(
+            "no verdict: {bad} of {} init-seed groups are not converged (the last doubling of tokens moved decoder MMCS by up to \
+             {worst:.3} and the shared fraction by up to {worst_shared:.3}; see Convergence)",
+            changes.len()
+        ))
+    }
+
+    /// Convergence: the seed pairs' consistency against training tokens, and a verdict per
+    /// group.
+    fn convergence(&mut self) -> Result<()> {
+        let groups: Vec<&convergence::Group> =
+            self.conv.iter().filter(|g| !g.points.is_empty()).collect();
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut section = Section {
+            heading: "0. Convergence: are the SAEs trained far enough for the findings to hold?"
+                .into(),
+            ..Section::default()
+        };
+        let series_of = |pick: fn(&convergence::Point) -> &Interval| -> Vec<Series> {
+            groups
+                .iter()
+                .map(|g| Series {
+                    name: format!("{} ({})", g.label(), g.pairs),
+                    points: g
+                        .points
+                        .iter()
+                        .map(|p| (p.tokens as f64, pick(p).mean))
+                        .collect(),
+                    band: g
+                        .points
+                        .iter()
+                        .filter(|p| pick(p).n > 1)
+                        .map(|p| {
+                            let i = pick(p);
+                            (p.tokens as f64, i.lo.max(0.0), i.hi.min(1.0))
+                        })
+                        .collect(),
+                    dashed: g.varies != "init_seed",
+                })
+                .collect()
+        };
+        let span = {
+            let t: Vec<f64> = groups
+                .iter()
+                .flat_map(|g| &g.points)
+                .map(|p| p.tokens as f64)
+                .collect();
+            (
+                t.iter().copied().fold(f64::INFINITY, f64::min),
+                t.iter().copied().fold(0.0, f64::max),
+            )
+        };
+        let null_line = |value: f64, name: &str| Series {
+            name: name.to_owned(),
+            points: vec![(span.0, value), (span.1, value)],
+            dashed: true,
+            ..Series::default()
+        };
+        let null = self
+            .plan
+            .pairs
+            .iter()
+            .filter(|p| !p.snapshots.is_empty())
+            .find_map(|p| self.null(p));
+        let mut mmcs_series = series_of(|p| &p.mmcs);
+        let mut shared_series = series_of(|p| &p.shared);
+        if let Some(n) = null {
+            if let Some((ab, ba)) = n.isotropic.mmcs_decoder {
+                mmcs_series.push(null_line(
+                    (ab.hi + ba.hi) / 2.0,
+                    "null: isotropic random (upper 95 %)",
+                ));
+            }
+            if let Some(i) = n.isotropic.shared.get("0.7") {
+                shared_series.push(null_line(i.hi, "null: isotropic random (upper 95 %)"));
+            }
+        }
+        for (id, title, y, series) in [
+            (
+                "convergence-mmcs",
+                "Decoder MMCS of seed pairs against training tokens",
+                "decoder MMCS",
+                mmcs_series,
+            ),
+            (
+                "convergence-shared",
+                "Shared fraction above 0.7 of seed pairs against training tokens",
+                "shared fraction > 0.7",
+                shared_series,
+            ),
+        ] {
+            section.figures.push(Figure {
+                id: id.into(),
+                title: title.into(),
+                caption: format!(
+                    "Every seed pair compared at each snapshot of its SAEs (after 1/2, 1/4, ... of their steps) and at the end: mean over \
+                     the pairs of a group (one grid, layer, architecture and ratio) with a 95 % interval; solid lines are init-seed \
+                     pairs, dashed ones data-order pairs and the null. A group is converged when its last doubling of tokens moved \
+                     decoder MMCS by at most {MMCS_TOLERANCE} and the shared fraction above 0.7 by at most {SHARED_TOLERANCE}."
+                ),
+                svg: plot::lines(&LineChart {
+                    title: title.into(),
+                    x_label: "training tokens".into(),
+                    y_label: y.into(),
+                    series,
+                    log2_x: true,
+                    y_range: Some((0.0, 1.0)),
+                })?,
+            });
+        }
+        let mut rows = Vec::new();
+        for g in &groups {
+            let at = |i: usize| g.points.get(i);
+            let n = g.points.len();
+            let (prev, last) = (n.checked_sub(2).and_then(at), n.checked_sub(1).and_then(at));
+            let fmt = |p: Option<&convergence::Point>| {
+                p.map_or("-".into(), |p| {
+                    format!("{:.3} / {:.3}", p.mmcs.mean, p.shared.mean)
+                })
+            };
+            let verdict = match g.last_change() {
+                None => "one point: not shown".to_owned(),
+                Some(c) if c.converged() => {
+                    format!("converged (change {:+.3} / {:+.3})", c.mmcs, c.shared)
+                }
+                Some(c) => format!("not converged (change {:+.3} / {:+.3})", c.mmcs, c.shared),
+            };
+            rows.push(vec![
+                g.label(),
+                g.points
+                    .iter()
+                    .map(|p| p.tokens.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                fmt(prev),
+                fmt(last),
+                verdict,
+            ]);
+        }
+        section.tables.push(Table {
+            caption: "Seed-pair groups: training tokens of each point, decoder MMCS / shared fraction above 0.7 (means over pairs) at the \
+                      last two points, and the verdict."
+                .into(),
+            header: ["group", "tokens", "before the last doubling", "final", "verdict"].map(String::from).to_vec(),
+            rows,
+        });
+        let init: Vec<&&convergence::Group> =
+            groups.iter().filter(|g| g.varies == "init_seed").collect();
+        if !init.is_empty() {
+            let done = init.iter().filter(|g| g.converged() == Some(true)).count();
+            let worst = init
+                .iter()
+                .filter_map(|g| g.last_change())
+                .max_by(|a, b| a.mmcs.abs().total_cmp(&b.mmcs.abs()));
+            self.findings.push(Finding {
+                question: "Convergence: are the SAEs trained far enough that more training would not change the answers?".into(),
+                ours: format!(
+                    "{done} of {} init-seed groups converged (last doubling of tokens: decoder MMCS within {MMCS_TOLERANCE}, shared > 0.7 \
+                     within {SHARED_TOLERANCE}){}",
+                    init.len(),
+                    worst.map_or(String::new(), |c| format!(
+                        "; largest change {:+.3} MMCS / {:+.3} shared, {} to {} tokens",
+                        c.mmcs, c.shared, c.from, c.to
+                    ))
+                ),
+                anchor: "Paulo & Belrose 2025: a 32k-latent Pythia-160m SAE shares 7 % of latents across seeds after 0.8B tokens, 42 % after \
+                         8B and 61 % after 80B: consistency keeps rising with training long after reconstruction has settled."
+                    .into(),
+                verdict: if done == init.len() {
+                    "converged: the findings below describe SAEs that more training would not change by more than the tolerances".into()
+                } else {
+                    "not converged: findings on these SAEs give no verdict; comparisons between conditions are made only where their order \
+                     holds at the last two points"
+                        .into()
+                },
+            });
+        }
+        self.sections.push(section);
+        Ok(())
     }
 
     /// Question 1: dictionary size.
@@ -766,12 +1040,20 @@ impl<'a> Ctx<'a> {
                 "data_seed" => "Seed: do SAEs that differ only in data order share features?",
                 _ => "Seed: do SAEs that differ only in init seed share features?",
             };
+            let grids: Vec<&str> = pairs
+                .iter()
+                .filter(|p| p.varies == varies && p.question == Question::Seed)
+                .map(|p| p.grid.as_str())
+                .collect();
+            let gate = self.unconverged(&grids, None);
             self.findings.push(Finding {
                 question: question.into(),
                 ours: format!("shared fraction > 0.7 (decoder, exact matching), {name}: {} (isotropic null {null:.3})", fmt_interval(&i)),
                 anchor: "Paulo & Belrose 2025: about 30 % of features shared across seeds (Llama-3-8B, 131k features), about 53 % for Pythia-160m layer 6 TopK.".into(),
                 verdict: if i.n < 2 {
                     "n = 1, no verdict".into()
+                } else if let Some(reason) = gate {
+                    reason
                 } else if i.mean >= 0.2 && i.mean <= 0.7 {
                     "agrees: in the published range".into()
                 } else if i.mean > 0.7 {
@@ -791,6 +1073,12 @@ impl<'a> Ctx<'a> {
                 per_layer_seed[per_layer_seed.len() - 1].0,
             );
             let mid = best.0 != first && best.0 != last;
+            let grids: Vec<&str> = pairs
+                .iter()
+                .filter(|p| p.question == Question::Seed)
+                .map(|p| p.grid.as_str())
+                .collect();
+            let gate = self.unconverged(&grids, None);
             self.findings.push(Finding {
                 question: "Layer: how does seed consistency change with depth?".into(),
                 ours: format!(
@@ -799,7 +1087,13 @@ impl<'a> Ctx<'a> {
                     best.0
                 ),
                 anchor: "Lan et al. 2024: paired-feature similarity across models is strongest at middle depth.".into(),
-                verdict: if mid { "agrees: most consistent in the middle".into() } else { "differs: not most consistent in the middle".into() },
+                verdict: if let Some(reason) = gate {
+                    reason
+                } else if mid {
+                    "agrees: most consistent in the middle".into()
+                } else {
+                    "differs: not most consistent in the middle".into()
+                },
             });
         }
         self.sections.push(section);
@@ -1028,7 +1322,7 @@ impl<'a> Ctx<'a> {
                         r.0, fmt_interval(&r.1), r.3.mean, r.4.mean, t.0, fmt_interval(&t.1), t.3.mean, t.4.mean, fmt_interval(&t.2)
                     ),
                     anchor: "Paulo & Belrose 2025: ReLU/L1 SAEs are more seed-stable than TopK; Song et al. 2025: PW-MCC about 0.80 for TopK SAEs (Pythia-160m).".into(),
-                    verdict: Self::arch_verdict(&r.1, &t.1),
+                    verdict: self.arch_gate(&pairs, &r.0, &t.0).unwrap_or_else(|| Self::arch_verdict(&r.1, &t.1)),
                 });
             }
         }
@@ -1239,6 +1533,46 @@ impl<'a> Ctx<'a> {
 
     /// The architecture verdict: ReLU/L1 against TopK shared fraction, with no verdict on a single
     /// pair or a tie at the printed precision, and none claimed while the intervals overlap.
+    /// Why the architecture comparison of `relu` and `topk` gives no verdict: their SAEs are
+    /// not converged and the order of their shared fractions differs at the last two points
+    /// (or no snapshots show it). `None` when a verdict may be given.
+    fn arch_gate(&self, pairs: &[&Pair], relu: &str, topk: &str) -> Option<String> {
+        let grids: Vec<&str> = pairs.iter().map(|p| p.grid.as_str()).collect();
+        let reason = self.unconverged(&grids, None)?;
+        // Mean shared fraction of each architecture's init-seed groups at the second-last and
+        // last points.
+        let last_two = |arch: &str| -> Option<(f64, f64)> {
+            let gs: Vec<&convergence::Group> = self
+                .conv
+                .iter()
+                .filter(|g| {
+                    g.varies == "init_seed" && g.arch == arch && grids.contains(&g.grid.as_str())
+                })
+                .filter(|g| g.points.len() >= 2)
+                .collect();
+            if gs.is_empty() {
+                return None;
+            }
+            let mean = |k: usize| {
+                gs.iter()
+                    .map(|g| g.points[g.points.len() - k].shared.mean)
+                    .sum::<f64>()
+                    / gs.len() as f64
+            };
+            Some((mean(2), mean(1)))
+        };
+        match (last_two(relu), last_two(topk)) {
+            (Some((r0, r1)), Some((t0, t1))) if (r0 > t0) == (r1 > t1) && r0 != t0 && r1 != t1 => {
+                let leader = if r1 > t1 { relu } else { topk };
+                Some(format!(
+                    "not converged, but the order holds at the last two points: {leader} shares more ({relu} {r0:.3} then {r1:.3}, {topk} \
+                     {t0:.3} then {t1:.3}); no verdict on the published claim"
+                ))
+            }
+            _ => Some(reason),
+        }
+    }
+
     fn arch_verdict(relu: &Interval, topk: &Interval) -> String {
         if relu.n < 2 || topk.n < 2 {
             format!("n = {} and {} seed pairs, no verdict", relu.n, topk.n)
@@ -1306,78 +1640,141 @@ fn null_of<'a>(p: &Pair, al: &AlignOutput, out: &'a Outputs) -> Option<&'a NullO
         .filter(|n| (n.d, n.n_a, n.n_b) == (al.d_in_a, al.d_sae_a, al.d_sae_b))
 }
 
-/// One row per compared pair for `results.parquet`.
+/// One row per compared pair and point of training for `results.parquet`: the final SAEs,
+/// then each snapshot of a seed pair.
 fn results(plan: &Plan, out: &Outputs) -> Vec<ResultRow> {
-    plan.pairs
-        .iter()
-        .map(|p| {
-            let (a, b) = (&plan.saes[p.a], &plan.saes[p.b]);
-            let al = &out.align[&p.step];
-            let mut m = BTreeMap::new();
-            for (which, d) in &al.mmcs {
-                m.insert(format!("mmcs_{which}_a_to_b"), d.a_to_b);
-                m.insert(format!("mmcs_{which}_b_to_a"), d.b_to_a);
+    let mut rows = Vec::new();
+    for p in &plan.pairs {
+        let steps = plan.saes[p.a].steps;
+        rows.push(result_row(plan, out, p, &out.align[&p.step], steps));
+        for (at, id) in &p.snapshots {
+            if let Some(al) = out.snapshot_align.get(id) {
+                rows.push(result_row(plan, out, p, al, *at));
             }
-            for (which, s) in &al.matching {
-                m.insert(format!("matching_{which}_mean_cos"), s.mean_cos);
-                m.insert(format!("matching_{which}_pw_mcc"), s.pw_mcc);
-                m.insert(
-                    format!("matching_{which}_optimal"),
-                    f64::from(u8::from(s.optimal)),
-                );
-                for (t, v) in &s.shared {
-                    m.insert(format!("shared_{which}_{t}"), *v);
-                }
+        }
+    }
+    rows
+}
+
+/// The row of pair `p` compared (by `al`) after `at` steps of training.
+fn result_row(plan: &Plan, out: &Outputs, p: &Pair, al: &AlignOutput, at: u64) -> ResultRow {
+    let (a, b) = (&plan.saes[p.a], &plan.saes[p.b]);
+    let mut m = BTreeMap::new();
+    for (which, d) in &al.mmcs {
+        m.insert(format!("mmcs_{which}_a_to_b"), d.a_to_b);
+        m.insert(format!("mmcs_{which}_b_to_a"), d.b_to_a);
+    }
+    for (which, s) in &al.matching {
+        m.insert(format!("matching_{which}_mean_cos"), s.mean_cos);
+        m.insert(format!("matching_{which}_pw_mcc"), s.pw_mcc);
+        m.insert(
+            format!("matching_{which}_optimal"),
+            f64::from(u8::from(s.optimal)),
+        );
+        for (t, v) in &s.shared {
+            m.insert(format!("shared_{which}_{t}"), *v);
+        }
+    }
+    if let Some(c) = &al.correlation {
+        m.insert("corr_centred_a_to_b".into(), c.centred.a_to_b);
+        m.insert("corr_centred_b_to_a".into(), c.centred.b_to_a);
+        m.insert("corr_dead_a".into(), c.dead_a as f64);
+        m.insert("corr_dead_b".into(), c.dead_b as f64);
+        m.insert("corr_tokens".into(), c.tokens as f64);
+        if let Some(x) = c.study_zscore {
+            m.insert("corr_study_zscore".into(), x);
+        }
+        if let Some(x) = c.study_uncentred {
+            m.insert("corr_study_uncentred".into(), x);
+        }
+        if let Some(n) = &c.permutation_null {
+            m.insert("null_permutation_corr_mean".into(), n.mean);
+            m.insert("null_permutation_corr_hi".into(), n.hi);
+        }
+    }
+    if let Some(n) = null_of(p, al, out) {
+        m.insert("null_analytic_max_cos_a_to_b".into(), n.analytic.a_to_b);
+        m.insert("null_analytic_max_cos_b_to_a".into(), n.analytic.b_to_a);
+        for (name, stats) in [("isotropic", &n.isotropic), ("rand_like", &n.rand_like)] {
+            if let Some((ab, ba)) = stats.mmcs_decoder {
+                m.insert(format!("null_{name}_mmcs_a_to_b_mean"), ab.mean);
+                m.insert(format!("null_{name}_mmcs_a_to_b_hi"), ab.hi);
+                m.insert(format!("null_{name}_mmcs_b_to_a_mean"), ba.mean);
             }
-            if let Some(c) = &al.correlation {
-                m.insert("corr_centred_a_to_b".into(), c.centred.a_to_b);
-                m.insert("corr_centred_b_to_a".into(), c.centred.b_to_a);
-                m.insert("corr_dead_a".into(), c.dead_a as f64);
-                m.insert("corr_dead_b".into(), c.dead_b as f64);
-                m.insert("corr_tokens".into(), c.tokens as f64);
-                if let Some(x) = c.study_zscore {
-                    m.insert("corr_study_zscore".into(), x);
-                }
-                if let Some(x) = c.study_uncentred {
-                    m.insert("corr_study_uncentred".into(), x);
-                }
-                if let Some(n) = &c.permutation_null {
-                    m.insert("null_permutation_corr_mean".into(), n.mean);
-                    m.insert("null_permutation_corr_hi".into(), n.hi);
-                }
+            if let Some(i) = stats.matching_mean_cos {
+                m.insert(format!("null_{name}_matching_mean_cos"), i.mean);
             }
-            if let Some(n) = null_of(p, al, out) {
-                m.insert("null_analytic_max_cos_a_to_b".into(), n.analytic.a_to_b);
-                m.insert("null_analytic_max_cos_b_to_a".into(), n.analytic.b_to_a);
-                for (name, stats) in [("isotropic", &n.isotropic), ("rand_like", &n.rand_like)] {
-                    if let Some((ab, ba)) = stats.mmcs_decoder {
-                        m.insert(format!("null_{name}_mmcs_a_to_b_mean"), ab.mean);
-                        m.insert(format!("null_{name}_mmcs_a_to_b_hi"), ab.hi);
-                        m.insert(format!("null_{name}_mmcs_b_to_a_mean"), ba.mean);
-                    }
-                    if let Some(i) = stats.matching_mean_cos {
-                        m.insert(format!("null_{name}_matching_mean_cos"), i.mean);
-                    }
-                    if let Some(i) = stats.shared.get("0.7") {
-                        m.insert(format!("null_{name}_shared_0.7"), i.mean);
-                    }
-                }
+            if let Some(i) = stats.shared.get("0.7") {
+                m.insert(format!("null_{name}_shared_0.7"), i.mean);
             }
-            // Shapes as the align step read them from the SAEs, not as the study file says.
-            for (key, s, d_sae) in [("a", a, al.d_sae_a), ("b", b, al.d_sae_b)] {
-                m.insert(format!("ratio_{key}"), f64::from(s.ratio));
-                m.insert(format!("layer_{key}"), s.layer as f64);
-                m.insert(format!("d_sae_{key}"), d_sae as f64);
-            }
-            ResultRow {
-                question: p.question.name().to_owned(),
-                comparison: format!("{} differs: {} vs {}", p.varies, a.label(), b.label()),
-                a: format!("{}/{}", a.step, a.name),
-                b: format!("{}/{}", b.step, b.name),
-                metrics: m,
-            }
-        })
-        .collect()
+        }
+    }
+    // Shapes as the align step read them from the SAEs, not as the study file says.
+    for (key, s, d_sae) in [("a", a, al.d_sae_a), ("b", b, al.d_sae_b)] {
+        m.insert(format!("ratio_{key}"), f64::from(s.ratio));
+        m.insert(format!("layer_{key}"), s.layer as f64);
+        m.insert(format!("d_sae_{key}"), d_sae as f64);
+    }
+    // Pairs of SAEs of different run lengths (a halves grid's) are compared final
+    // against final.
+    let at_b = if at == a.steps { b.steps } else { at };
+    let tokens = |i: usize, s: &SaeRef, at: u64| {
+        Some(
+            out.tokens
+                .get(&(i, at))
+                .copied()
+                .unwrap_or_else(|| s.tokens_at(&plan.study, at)),
+        )
+    };
+    ResultRow {
+        question: p.question.name().to_owned(),
+        comparison: format!("{} differs: {} vs {}", p.varies, a.label(), b.label()),
+        a: format!("{}/{}", a.step, a.folder_at(at)),
+        b: format!("{}/{}", b.step, b.folder_at(at_b)),
+        tokens_a: tokens(p.a, a, at),
+        tokens_b: tokens(p.b, b, at_b),
+        metrics: m,
+    }
+}
+
+/// One row per SAE (each trained SAE once, whichever grids list it) and point of training
+/// for `saes.parquet`.
+fn sae_rows(plan: &Plan, out: &Outputs) -> Vec<SaeRow> {
+    let mut rows = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in plan.saes.iter().enumerate() {
+        if !seen.insert((s.step.clone(), s.name.clone())) {
+            continue;
+        }
+        let finals = out.eval.get(&i).map(|e| (s.steps, e));
+        let snaps = s
+            .snapshots
+            .iter()
+            .filter_map(|&at| out.snapshot_eval.get(&(i, at)).map(|e| (at, e)));
+        for (at, e) in snaps.chain(finals) {
+            rows.push(SaeRow {
+                name: format!("{}/{}", s.step, s.folder_at(at)),
+                model: s.model.clone(),
+                hook: s.hook.clone(),
+                layer: s.layer as u64,
+                arch: s.arch.clone(),
+                ratio: u64::from(s.ratio),
+                init_seed: s.init_seed,
+                data_seed: s.data_seed.arg(),
+                half: s.half.clone(),
+                training_tokens: out
+                    .tokens
+                    .get(&(i, at))
+                    .copied()
+                    .unwrap_or_else(|| s.tokens_at(&plan.study, at)),
+                fvu: e.fvu,
+                l0: e.l0,
+                dead_fraction: e.dead_fraction,
+                dense_fraction: e.dense_fraction,
+            });
+        }
+    }
+    rows
 }
 
 /// Loads the outputs, assembles the report and writes `report/` and `report/results.parquet`.
@@ -1387,6 +1784,10 @@ pub fn write_report(plan: &Plan, run_dir: &Path) -> Result<std::path::PathBuf> {
     let dir = run_dir.join("report");
     concord_report::write(&dir, &report)?;
     concord_report::results::write_parquet(&dir.join("results.parquet"), &rows)?;
+    concord_report::results::write_saes_parquet(
+        &dir.join("saes.parquet"),
+        &sae_rows(plan, &outputs),
+    )?;
     if report.figures().count() == 0 {
         return Err(Error::BadOutput {
             path: dir,
@@ -1449,8 +1850,15 @@ init_seeds = [0, 1]
     const D_IN: usize = 10;
 
     fn outputs(plan: &Plan) -> Outputs {
+        outputs_with_drift(plan, 0.0)
+    }
+
+    /// Outputs whose seed pairs' decoder MMCS and shared fraction rise by `drift` per
+    /// doubling of training up to their final values.
+    fn outputs_with_drift(plan: &Plan, drift: f64) -> Outputs {
         let mut align = BTreeMap::new();
         let mut null = BTreeMap::new();
+        let mut snapshot_align = BTreeMap::new();
         for p in &plan.pairs {
             let (a, b) = (&plan.saes[p.a], &plan.saes[p.b]);
             let matching = MatchSummary {
@@ -1485,6 +1893,21 @@ init_seeds = [0, 1]
                     ..Default::default()
                 },
             );
+            let last = &align[&p.step];
+            for (k, (_, id)) in p.snapshots.iter().rev().enumerate() {
+                let mut al: AlignOutput = Clone::clone(last);
+                let down = drift * (k + 1) as f64;
+                for d in al.mmcs.values_mut() {
+                    d.a_to_b -= down;
+                    d.b_to_a -= down;
+                }
+                for m in al.matching.values_mut() {
+                    m.shared
+                        .values_mut()
+                        .for_each(|v| *v = (*v - down).max(0.0));
+                }
+                snapshot_align.insert(id.clone(), al);
+            }
             if let Some(n) = &p.null {
                 // The null step ran with the study file's (wrong) d_model.
                 null.insert(
@@ -1514,7 +1937,14 @@ init_seeds = [0, 1]
                 (i, e)
             })
             .collect();
-        Outputs { align, null, eval }
+        Outputs {
+            align,
+            null,
+            eval,
+            snapshot_align,
+            snapshot_eval: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+        }
     }
 
     fn assembled() -> (Plan, Report, Vec<ResultRow>) {
@@ -1533,6 +1963,71 @@ init_seeds = [0, 1]
             .iter()
             .find(|f| f.question.starts_with(question))
             .unwrap_or_else(|| panic!("no finding {question:?}: {:#?}", r.findings))
+    }
+
+    #[test]
+    fn findings_on_saes_not_shown_converged_give_no_verdict() {
+        // Three init seeds: three pairs, enough for verdicts.
+        let three = STUDY.replace(
+            "init_seeds = [0, 1]\n[[grid]]\nname = \"archs\"",
+            "init_seeds = [0, 1, 2]\n[[grid]]\nname = \"archs\"",
+        );
+        // No snapshots: nothing shows convergence.
+        let (_, report, _) = assembled_from(&three);
+        let seed = finding(&report, "Seed: do SAEs that differ only in init seed");
+        assert!(
+            seed.verdict.starts_with("no verdict: no snapshots"),
+            "{}",
+            seed.verdict
+        );
+        // Snapshots after 1/4 and 1/2 of the steps (1000 tokens of 2048-token batches: one
+        // step, so more tokens): settled curves converge, rising ones do not.
+        let text = three.replace("tokens = 1000\n", "tokens = 40960\nsnapshots = 3\n");
+        let study = Study::parse(&text, Path::new("t.toml")).unwrap();
+        let plan = plan(&study, Path::new("/c.jsonl"), &PlanOptions::default());
+        let seeds = plan.pairs.iter().find(|p| p.varies == "init_seed").unwrap();
+        assert_eq!(
+            seeds.snapshots.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [5, 10]
+        );
+        let (report, rows) = assemble(&plan, &outputs(&plan)).unwrap();
+        let conv = finding(&report, "Convergence");
+        assert!(conv.verdict.starts_with("converged"), "{}", conv.verdict);
+        let seed = finding(&report, "Seed: do SAEs that differ only in init seed");
+        assert!(!seed.verdict.contains("no verdict: "), "{}", seed.verdict);
+        // Rows for every snapshot of the seed pairs, with their (nominal) tokens.
+        let tokens: Vec<(u64, u64)> = rows
+            .iter()
+            .filter(|r| r.question == "seed" && r.comparison.starts_with("init_seed"))
+            .map(|r| (r.tokens_a.unwrap(), r.tokens_b.unwrap()))
+            .collect();
+        assert!(
+            tokens.contains(&(40960, 40960)) && tokens.contains(&(10240, 10240)),
+            "{tokens:?}"
+        );
+        let (report, _) = assemble(&plan, &outputs_with_drift(&plan, 0.05)).unwrap();
+        let conv = finding(&report, "Convergence");
+        assert!(
+            conv.verdict.starts_with("not converged"),
+            "{}",
+            conv.verdict
+        );
+        let seed = finding(&report, "Seed: do SAEs that differ only in init seed");
+        assert!(seed.verdict.starts_with("no verdict: "), "{}", seed.verdict);
+        assert!(report.findings.len() > 3);
+        for f in report.findings.iter().skip(1) {
+            assert!(
+                f.verdict.contains("no verdict"),
+                "{}: {}",
+                f.question,
+                f.verdict
+            );
+        }
+        let figs: Vec<&str> = report.figures().map(|f| f.id.as_str()).collect();
+        assert!(
+            figs.contains(&"convergence-mmcs") && figs.contains(&"convergence-shared"),
+            "{figs:?}"
+        );
     }
 
     #[test]

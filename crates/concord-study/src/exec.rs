@@ -245,6 +245,7 @@ mod tests {
             pairs: vec![],
             stores: BTreeMap::new(),
             evals: BTreeMap::new(),
+            snapshot_evals: BTreeMap::new(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! run on this machine or, through another executor, on a cluster.
 
 pub mod assemble;
+pub mod convergence;
 mod error;
 pub mod exec;
 pub mod plan;

@@ -74,11 +74,51 @@ pub struct SaeRef {
     pub data_seed: DataSeed,
     /// `Some("first")`/`Some("second")` for SAEs trained on one half of the training text.
     pub half: Option<String>,
+    /// The steps of its training run, and its snapshots' steps (fewer, in increasing order;
+    /// each a folder `snapshots/<step>/<name>` of the train step's output).
+    pub steps: u64,
+    pub snapshots: Vec<u64>,
 }
 
 impl SaeRef {
     pub fn d_sae(&self) -> usize {
         self.d_in * self.ratio as usize
+    }
+
+    /// The tokens its run trains on (nominal: the study's; the folder's `cfg.json` has the
+    /// rows actually read).
+    pub fn tokens(&self, study: &Study) -> u64 {
+        study
+            .grids
+            .iter()
+            .find(|g| g.name == self.grid)
+            .and_then(|g| g.tokens)
+            .unwrap_or(study.train.tokens)
+    }
+
+    /// The tokens it has seen after `at` steps (nominal: whole batches; the folder's
+    /// `cfg.json` has the rows actually read).
+    pub fn tokens_at(&self, study: &Study, at: u64) -> u64 {
+        let tokens = self.tokens(study);
+        if at >= self.steps {
+            tokens
+        } else {
+            (at * study.train.batch as u64).min(tokens)
+        }
+    }
+
+    /// The SAE's folder inside its train step's output after `steps` steps: the final SAE
+    /// when `steps` is its run's length, else a snapshot.
+    pub fn folder_at(&self, steps: u64) -> String {
+        if steps == self.steps {
+            self.name.clone()
+        } else {
+            format!(
+                "{}/{steps}/{}",
+                concord_core::snapshots::SNAPSHOTS_DIR,
+                self.name
+            )
+        }
     }
 
     /// A short label for figures: `x4 i0 d0`.
@@ -113,6 +153,10 @@ pub struct Pair {
     pub step: String,
     /// The null step for their shape (weight-space pairs only).
     pub null: Option<String>,
+    /// Seed pairs: `(steps, align step)` comparing the two SAEs' snapshots after `steps`
+    /// steps (weights only), in increasing order; the final SAEs are `step`.
+    #[serde(default)]
+    pub snapshots: Vec<(u64, String)>,
 }
 
 /// One step of the plan.
@@ -209,6 +253,9 @@ pub struct Plan {
     pub stores: BTreeMap<String, (String, String)>,
     /// Per SAE index: its eval step.
     pub evals: BTreeMap<usize, String>,
+    /// Per SAE index of a seed pair with snapshots: `(steps, eval step)` of each snapshot.
+    #[serde(default)]
+    pub snapshot_evals: BTreeMap<usize, Vec<(u64, String)>>,
 }
 
 fn text(s: impl std::fmt::Display) -> Arg {
@@ -256,6 +303,9 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
                 text("--batch"),
                 text(m.batch),
             ];
+            if m.compute_dtype != "f32" {
+                args.extend([text("--compute-dtype"), text(&m.compute_dtype)]);
+            }
             if skip > 0 {
                 args.extend([text("--skip-docs"), text(skip)]);
             }
@@ -308,44 +358,8 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
     // Eval: every SAE on the held-out text; loss recovered for the grids that ask for it.
     let mut evals = BTreeMap::new();
     for (i, s) in saes.iter().enumerate() {
-        let m = &study.models[&s.model];
-        let eval_store = &stores[&s.model].1;
-        let mut args = vec![
-            text("eval"),
-            text("--sae"),
-            out(&s.step, &s.name),
-            text("--acts"),
-            out(eval_store, &s.hook),
-        ];
-        if study.loss_recovered.contains(&s.grid) {
-            args.extend([
-                text("--model"),
-                text(&m.model),
-                text("--corpus"),
-                corpus.clone(),
-                text("--skip-docs"),
-                text(study.docs),
-                text("--docs"),
-                text(study.loss_recovered_docs.min(study.eval_docs)),
-            ]);
-        }
-        args.extend(device.iter().cloned());
-        args.extend([text("--out"), out("", "eval.json")]);
-        let tokens = study.eval_docs as f64 * TOKENS_PER_DOC;
-        // Loss recovered: loading the model and three forward passes over its documents.
-        let spliced = if study.loss_recovered.contains(&s.grid) {
-            let docs = study.loss_recovered_docs.min(study.eval_docs) as f64;
-            MODEL_LOAD_SECONDS + 3.0 * docs * TOKENS_PER_DOC / m.harvest_tokens_per_s
-        } else {
-            0.0
-        };
-        let step = Step::new(
-            StepKind::Eval,
-            format!("eval {}", s.label()),
-            args,
-            tokens * s.d_sae() as f64 / study.train.token_features_per_s * 0.3 + spliced,
-            (s.d_sae() * 16) as u64,
-        );
+        let spliced = study.loss_recovered.contains(&s.grid);
+        let step = eval_step(study, s, s.steps, &stores, &corpus, &device, spliced);
         evals.insert(i, step.id.clone());
         steps.push(step);
     }
@@ -446,6 +460,35 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
             }
             args.extend([text("--out"), out("", "align.json")]);
             let est = (sa.d_sae() * sb.d_sae() * sa.d_in.max(sb.d_in)) as f64 * 6.0 / 5e10 + 2.0;
+            // Seed pairs are also compared at every snapshot both SAEs have (weights only:
+            // the convergence figure needs decoder MMCS and the shared fraction).
+            let mut snapshots = Vec::new();
+            if weights && matches!(varies, "init_seed" | "data_seed") {
+                for &at in sa.snapshots.iter().filter(|t| sb.snapshots.contains(t)) {
+                    let step = Step::new(
+                        StepKind::Align,
+                        format!(
+                            "align {} vs {} after {at} steps ({})",
+                            sa.label(),
+                            sb.label(),
+                            g.question.name()
+                        ),
+                        vec![
+                            text("align"),
+                            text("--a"),
+                            out(&sa.step, sa.folder_at(at)),
+                            text("--b"),
+                            out(&sb.step, sb.folder_at(at)),
+                            text("--out"),
+                            out("", "align.json"),
+                        ],
+                        (sa.d_sae() * sb.d_sae() * sa.d_in) as f64 * 4.0 / 5e10 + 1.0,
+                        ((sa.d_sae() + sb.d_sae()) * 32) as u64,
+                    );
+                    snapshots.push((at, step.id.clone()));
+                    steps.push(step);
+                }
+            }
             let step = Step::new(
                 StepKind::Align,
                 format!(
@@ -466,8 +509,31 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
                 b,
                 step: step.id.clone(),
                 null,
+                snapshots,
             });
             steps.push(step);
+        }
+    }
+
+    // The snapshots of every SAE in a pair compared at snapshots, on the held-out text.
+    let mut snapshot_evals: BTreeMap<usize, Vec<(u64, String)>> = BTreeMap::new();
+    for p in &pairs {
+        for i in [p.a, p.b] {
+            if p.snapshots.is_empty() || snapshot_evals.contains_key(&i) {
+                continue;
+            }
+            let s = &saes[i];
+            let list = s
+                .snapshots
+                .iter()
+                .map(|&at| {
+                    let step = eval_step(study, s, at, &stores, &corpus, &device, false);
+                    let id = step.id.clone();
+                    steps.push(step);
+                    (at, id)
+                })
+                .collect();
+            snapshot_evals.insert(i, list);
         }
     }
 
@@ -479,7 +545,64 @@ pub fn plan(study: &Study, corpus: &Path, opts: &PlanOptions) -> Plan {
         pairs,
         stores,
         evals,
+        snapshot_evals,
     }
+}
+
+/// The eval step of SAE `s` after `at` steps of its run, on the held-out text; with
+/// `spliced`, loss recovered and KL too.
+fn eval_step(
+    study: &Study,
+    s: &SaeRef,
+    at: u64,
+    stores: &BTreeMap<String, (String, String)>,
+    corpus: &Arg,
+    device: &[Arg],
+    spliced: bool,
+) -> Step {
+    let m = &study.models[&s.model];
+    let eval_store = &stores[&s.model].1;
+    let mut args = vec![
+        text("eval"),
+        text("--sae"),
+        out(&s.step, s.folder_at(at)),
+        text("--acts"),
+        out(eval_store, &s.hook),
+    ];
+    if spliced {
+        args.extend([
+            text("--model"),
+            text(&m.model),
+            text("--corpus"),
+            corpus.clone(),
+            text("--skip-docs"),
+            text(study.docs),
+            text("--docs"),
+            text(study.loss_recovered_docs.min(study.eval_docs)),
+        ]);
+    }
+    args.extend(device.iter().cloned());
+    args.extend([text("--out"), out("", "eval.json")]);
+    let tokens = study.eval_docs as f64 * TOKENS_PER_DOC;
+    // Loss recovered: loading the model and three forward passes over its documents.
+    let splice_seconds = if spliced {
+        let docs = study.loss_recovered_docs.min(study.eval_docs) as f64;
+        MODEL_LOAD_SECONDS + 3.0 * docs * TOKENS_PER_DOC / m.harvest_tokens_per_s
+    } else {
+        0.0
+    };
+    let label = if at == s.steps {
+        format!("eval {}", s.label())
+    } else {
+        format!("eval {} after {at} steps", s.label())
+    };
+    Step::new(
+        StepKind::Eval,
+        label,
+        args,
+        tokens * s.d_sae() as f64 / study.train.token_features_per_s * 0.3 + splice_seconds,
+        (s.d_sae() * 16) as u64,
+    )
 }
 
 /// The training identity of an SAE: two SAEs with the same one are the same SAE, whichever
@@ -636,6 +759,10 @@ fn train_step(
 ) -> (Step, Vec<SaeRef>) {
     let hooks: Vec<String> = g.layers.iter().map(|&l| m.hook_at(l)).collect();
     let tokens = g.tokens.unwrap_or(study.train.tokens);
+    let t = &study.train;
+    let at = t.for_arch(arch);
+    let total_steps = tokens.div_ceil(t.batch as u64);
+    let snapshots = concord_core::snapshots::snapshot_steps(total_steps, t.snapshots);
     let mut args = vec![
         text("train"),
         text("--acts"),
@@ -670,16 +797,32 @@ fn train_step(
         text("--batch"),
         text(study.train.batch),
         text("--lr"),
-        text(study.train.lr),
+        text(at.lr),
         text("--shuffle"),
         text(&study.train.shuffle),
     ];
     // TopK SAEs take the study's k, ReLU SAEs its L1 coefficient; JumpReLU SAEs train with
     // the trainer's default L0 coefficient and bandwidth.
     if arch.contains("topk") {
-        args.extend([text("--k"), text(study.train.k)]);
+        args.extend([text("--k"), text(at.k)]);
     } else if arch != "jumprelu" {
-        args.extend([text("--l1"), text(study.train.l1)]);
+        args.extend([text("--l1"), text(at.l1)]);
+    }
+    // Settings at their defaults are left out, so the commands (and step ids) of studies that
+    // do not use them stay as they were.
+    for (flag, frac) in [("--lr-warmup", at.lr_warmup), ("--lr-decay", at.lr_decay)] {
+        if let Some(f) = frac {
+            args.extend([text(flag), text(f)]);
+        }
+    }
+    if t.normalize_activations {
+        args.push(text("--normalize-activations"));
+    }
+    if t.compute_dtype != "f32" {
+        args.extend([text("--compute-dtype"), text(&t.compute_dtype)]);
+    }
+    if t.snapshots > 1 {
+        args.extend([text("--snapshots"), text(t.snapshots)]);
     }
     if let Some(h) = run.half {
         args.extend([text("--half"), text(h)]);
@@ -727,6 +870,8 @@ fn train_step(
                     init_seed,
                     data_seed: run.data_seed,
                     half: run.half.map(str::to_owned),
+                    steps: total_steps,
+                    snapshots: snapshots.clone(),
                 });
             }
         }

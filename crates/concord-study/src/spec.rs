@@ -77,6 +77,14 @@ pub struct ModelEntry {
     /// Harvest speed on the reference machine, tokens per second, for `--dry-run` estimates.
     #[serde(default = "default_harvest_rate")]
     pub harvest_tokens_per_s: f64,
+    /// What the model computes in during the harvest: `f32` or `bf16` (`harvest
+    /// --compute-dtype`); the store holds f32 either way.
+    #[serde(default = "default_dtype")]
+    pub compute_dtype: String,
+}
+
+fn default_dtype() -> String {
+    "f32".to_owned()
 }
 
 fn default_harvest_batch() -> usize {
@@ -123,6 +131,69 @@ pub struct TrainDefaults {
     /// `n` features trains at this / n tokens per second), for `--dry-run` estimates.
     #[serde(default = "default_train_rate")]
     pub token_features_per_s: f64,
+    /// Points of training kept per SAE (`train --snapshots`): the final SAE and its
+    /// snapshots after 1/2, 1/4, ... of its steps. Seed pairs are compared at every one.
+    #[serde(default = "default_snapshots")]
+    pub snapshots: u32,
+    /// Rows scaled to a mean squared norm of `d_model` before training (`train
+    /// --normalize-activations`), so that `l1` means the same at every hook.
+    #[serde(default)]
+    pub normalize_activations: bool,
+    /// Element type of training's large products: `f32` or `bf16` (`train --compute-dtype`).
+    #[serde(default = "default_dtype")]
+    pub compute_dtype: String,
+    /// Linear lr warm-up and decay fractions (default: each architecture's own).
+    #[serde(default)]
+    pub lr_warmup: Option<f64>,
+    #[serde(default)]
+    pub lr_decay: Option<f64>,
+    /// Per architecture, settings that replace the ones above (`[train.arch.topk]`).
+    #[serde(default)]
+    pub arch: BTreeMap<String, ArchSettings>,
+}
+
+/// Training settings of one architecture that replace the study's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchSettings {
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub l1: Option<f64>,
+    #[serde(default)]
+    pub k: Option<usize>,
+    #[serde(default)]
+    pub lr_warmup: Option<f64>,
+    #[serde(default)]
+    pub lr_decay: Option<f64>,
+}
+
+/// The training settings an architecture runs with: the study's, replaced by its own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchTrain {
+    pub lr: f64,
+    pub l1: f64,
+    pub k: usize,
+    pub lr_warmup: Option<f64>,
+    pub lr_decay: Option<f64>,
+}
+
+impl TrainDefaults {
+    /// The settings `arch` trains with.
+    pub fn for_arch(&self, arch: &str) -> ArchTrain {
+        let a = self.arch.get(arch).cloned().unwrap_or_default();
+        ArchTrain {
+            lr: a.lr.unwrap_or(self.lr),
+            l1: a.l1.unwrap_or(self.l1),
+            k: a.k.unwrap_or(self.k),
+            lr_warmup: a.lr_warmup.or(self.lr_warmup),
+            lr_decay: a.lr_decay.or(self.lr_decay),
+        }
+    }
+}
+
+fn default_snapshots() -> u32 {
+    1
 }
 
 fn default_batch() -> usize {
@@ -340,6 +411,50 @@ impl Study {
                 self.train.l1
             ));
         }
+        for (what, dtype) in std::iter::once(("train.compute_dtype", &self.train.compute_dtype))
+            .chain(
+                self.models
+                    .values()
+                    .map(|m| ("models.*.compute_dtype", &m.compute_dtype)),
+            )
+        {
+            if !["f32", "bf16"].contains(&dtype.as_str()) {
+                return Err(format!("{what} {dtype:?}: expected \"f32\" or \"bf16\""));
+            }
+        }
+        if !(1..=16).contains(&self.train.snapshots) {
+            return Err(format!(
+                "train.snapshots = {} must be in 1..=16",
+                self.train.snapshots
+            ));
+        }
+        for (arch, a) in &self.train.arch {
+            if !ARCHS.contains(&arch.as_str()) {
+                return Err(format!(
+                    "train.arch.{arch}: unknown arch (known: {})",
+                    ARCHS.join(", ")
+                ));
+            }
+            if a.lr.is_some_and(|lr| !(lr.is_finite() && lr > 0.0)) {
+                return Err(format!("train.arch.{arch}.lr must be positive"));
+            }
+            if a.l1.is_some_and(|l1| !(l1.is_finite() && l1 >= 0.0)) {
+                return Err(format!("train.arch.{arch}.l1 must be zero or positive"));
+            }
+        }
+        let fracs = std::iter::once(("train", self.train.lr_warmup, self.train.lr_decay)).chain(
+            self.train
+                .arch
+                .iter()
+                .map(|(a, s)| (a.as_str(), s.lr_warmup, s.lr_decay)),
+        );
+        for (at, warm, decay) in fracs {
+            for (key, f) in [("lr_warmup", warm), ("lr_decay", decay)] {
+                if let Some(f) = f.filter(|f| !(0.0..=1.0).contains(f)) {
+                    return Err(format!("{at}: {key} = {f} must lie in [0, 1]"));
+                }
+            }
+        }
         if !["sequences", "rows"].contains(&self.train.shuffle.as_str()) {
             return Err(format!(
                 "train.shuffle {:?}: expected \"sequences\" or \"rows\"",
@@ -394,8 +509,8 @@ impl Study {
                     return Err(here(format!("{key} lists {v} twice")));
                 }
             }
-            if g.archs.iter().any(|a| a.contains("topk")) {
-                let k = self.train.k;
+            for a in g.archs.iter().filter(|a| a.contains("topk")) {
+                let k = self.train.for_arch(a).k;
                 let smallest = model.d_model * *g.ratios.iter().min().expect("non-empty") as usize;
                 if k == 0 || k > smallest {
                     return Err(here(format!(

@@ -92,7 +92,8 @@ fn dict(py: Python<'_>, what: &'static str, x: &Bound<'_, PyAny>) -> PyResult<Di
 ///
 /// Args:
 ///     a: feature directions `(n_a, d)`, float32 or float64 (rows need not be unit length;
-///         zero rows have cosine 0 with everything).
+///         zero rows have cosine 0 with everything; the crate computes in float32, with
+///         float64 norms).
 ///     b: feature directions `(n_b, d)`.
 ///
 /// Returns:
@@ -171,7 +172,8 @@ impl Matching {
 /// `certificate`).
 ///
 /// Args:
-///     a: feature directions `(n_a, d)`, float32 or float64.
+///     a: feature directions `(n_a, d)`, float32 or float64 (computed in float32, as
+///         `mmcs`).
 ///     b: feature directions `(n_b, d)`.
 ///
 /// Returns:

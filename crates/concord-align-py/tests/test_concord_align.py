@@ -318,21 +318,24 @@ def test_bad_input_raises_the_crates_one_line_errors(tmp_path, saes):
 
 def test_the_gil_is_released_while_matching():
     """Another Python thread keeps running while a match is being computed."""
-    a, b = ca.sae_like_pair(3072, 3072, 256, seed=1)
-    done, ticks = threading.Event(), []
+    a, b = ca.sae_like_pair(4096, 4096, 256, seed=1)
+    span, ticks = [], []
 
     def work():
+        span.append(time.perf_counter())
         ca.match(a, b)
-        done.set()
+        span.append(time.perf_counter())
 
     t = threading.Thread(target=work)
     t.start()
-    time.sleep(0.05)  # let the worker enter the Rust call
-    while not done.is_set():
+    while t.is_alive():
         ticks.append(time.perf_counter())
         time.sleep(0.001)
     t.join()
-    # Had the worker held the GIL through the call, this thread would have been stopped for
-    # its whole length: no tick at all, or one long gap.
-    gaps = np.diff(ticks) if len(ticks) > 1 else np.array([np.inf])
-    assert len(ticks) > 20 and gaps.max() < 0.1, (len(ticks), gaps.max())
+    start, end = span
+    inside = [start] + [x for x in ticks if start < x < end] + [end]
+    # Had the worker held the GIL through the call, this thread would have stopped for its
+    # whole length: one gap as long as the call. Scheduling on a loaded machine leaves
+    # shorter gaps.
+    gap = max(np.diff(inside))
+    assert len(inside) > 10 and gap < 0.5 * (end - start), (len(inside), gap, end - start)

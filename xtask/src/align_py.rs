@@ -42,8 +42,8 @@ fn fresh_venv(root: &Path) -> Result<PathBuf> {
             .is_ok_and(|s| s.success());
         if !ok {
             bail!(
-                "pip could not install {what} into {} (see pip's output above): the \
-                 concord_align Python tests cannot run without it",
+                "pip could not install {what} into {} (see pip's output above), so the \
+                 concord_align Python tests cannot run",
                 dir.display()
             );
         }

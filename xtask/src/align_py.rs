@@ -35,7 +35,13 @@ fn fresh_venv(root: &Path) -> Result<PathBuf> {
     let pip = |args: &[&str], what: &str| -> Result<()> {
         eprintln!("xtask test: pip install {}", args.join(" "));
         let ok = Command::new(&python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+            ])
             .args(args)
             .current_dir(root)
             .status()

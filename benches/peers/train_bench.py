@@ -98,6 +98,19 @@ def main():
         record(case, "concord train, the grid in one pass", t_grid, False,
                f"{one_by_one / t_grid:.2f}x the three runs one by one")
 
+        # bf16 products (AMX): ours against our own f32 step and PyTorch's autocast step.
+        for ratio in (2, 8):
+            case = f"relu-l1-faithful, d 576, ratio 1:{ratio}, batch 2048, bf16 products"
+            t_f32 = singles.get(ratio) or ours("relu-l1-faithful", [ratio])
+            t_bf16 = ours("relu-l1-faithful", [ratio], ["--compute-dtype", "bf16"])
+            t_auto = torch_peer("relu-l1-faithful", ratio, ["--autocast"])
+            record(case, "pytorch loop, bf16 autocast (autograd, Adam)", t_auto, True,
+                   f"{1 / t_auto:.0f} tokens/s")
+            record(case, "concord train, f32 (--compute-dtype f32)", t_f32, True,
+                   f"{1 / t_f32:.0f} tokens/s")
+            record(case, "concord train, bf16 (--compute-dtype bf16)", t_bf16, False,
+                   f"{1 / t_bf16:.0f} tokens/s; {t_f32 / t_bf16:.2f}x our f32, {t_auto / t_bf16:.2f}x autocast")
+
         for ratio in (8, 32):
             case = f"topk k 32, d 576, ratio 1:{ratio}, batch 2048"
             t_peer = torch_peer("topk", ratio, ["--k", "32"])

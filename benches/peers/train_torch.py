@@ -6,7 +6,10 @@ projection, AuxK off) with autograd, fp32 on CPU, on random rows, and prints one
 ratio: {"arch", "d", "ratio", "batch", "threads", "steps", "tokens_per_s"}.
 
 Usage: train_torch.py [--arch relu-l1-faithful|topk] [--d 576] [--ratios 4,8,32]
-                      [--batch 2048] [--steps 6] [--threads 2] [--k 32]
+                      [--batch 2048] [--steps 6] [--threads 2] [--k 32] [--autocast]
+
+With --autocast the forward runs under `torch.autocast("cpu", torch.bfloat16)`: bf16 products,
+fp32 weights, gradients and Adam, the usual mixed-precision recipe.
 """
 
 import argparse
@@ -26,6 +29,8 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--autocast", action="store_true",
+                    help="bf16 autocast around the forward (fp32 weights and Adam): PyTorch's mixed precision")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -42,17 +47,21 @@ def main():
         opt = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=1e-3)
         xs = [torch.randn(args.batch, d) for _ in range(2)]
 
-        def step(x):
+        def forward(x):
             pre = (x - b_dec) @ w_enc.T + b_enc
             if args.arch == "topk":
                 vals, idx = pre.relu().topk(args.k, dim=1, sorted=False)
                 c = torch.zeros_like(pre).scatter(1, idx, vals)
                 x_hat = c @ w_dec + b_dec
-                loss = ((x_hat - x) ** 2).mean()
-            else:
-                c = F.relu(pre)
-                x_hat = c @ F.normalize(w_dec, dim=1) + b_dec
-                loss = ((x_hat - x) ** 2).mean() + 8e-4 * c.abs().sum(dim=1).mean()
+                return ((x_hat - x) ** 2).mean()
+            c = F.relu(pre)
+            x_hat = c @ F.normalize(w_dec, dim=1) + b_dec
+            return ((x_hat - x) ** 2).mean() + 8e-4 * c.abs().sum(dim=1).mean()
+
+        def step(x):
+            # Autocast covers the forward only; the backward follows its casts.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+                loss = forward(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if args.arch == "topk":
@@ -69,7 +78,7 @@ def main():
         for s in range(args.steps):
             step(xs[s % 2])
         dt = time.perf_counter() - t0
-        print(json.dumps({"arch": args.arch, "d": d, "ratio": ratio, "batch": args.batch,
+        print(json.dumps({"arch": args.arch, "d": d, "ratio": ratio, "batch": args.batch, "autocast": args.autocast,
                           "threads": args.threads, "steps": args.steps,
                           "tokens_per_s": args.steps * args.batch / dt}), flush=True)
 

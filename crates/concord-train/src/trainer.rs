@@ -521,13 +521,11 @@ impl Trainer {
                 curve.push(b'\n');
             }
             let dir = out.join(&m.spec.name);
-            if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                    path: parent.to_owned(),
-                    source,
-                })?;
-            }
-            sae.save(&dir, &[("metrics.json", &metrics), ("curve.jsonl", &curve)])?;
+            save_folder(
+                &dir,
+                &sae,
+                &[("metrics.json", &metrics), ("curve.jsonl", &curve)],
+            )?;
             dirs.push(dir);
         }
         Ok(dirs)
@@ -552,14 +550,7 @@ impl Trainer {
                 path: out.join(&m.spec.name),
                 reason: e.to_string(),
             })?;
-            let dir = out.join(&m.spec.name);
-            if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                    path: parent.to_owned(),
-                    source,
-                })?;
-            }
-            sae.save(&dir, &[("metrics.json", &metrics)])?;
+            save_folder(&out.join(&m.spec.name), &sae, &[("metrics.json", &metrics)])?;
         }
         Ok(())
     }
@@ -580,6 +571,17 @@ impl Trainer {
     pub fn resume_with(dir: &Path, opts: TrainOptions) -> Result<Trainer> {
         checkpoint::read(dir, Some(opts))
     }
+}
+
+/// Writes `sae` with `files` as the folder `dir` (atomically), making its parent first.
+fn save_folder(dir: &Path, sae: &Sae, files: &[(&str, &[u8])]) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    Ok(sae.save(dir, files)?)
 }
 
 pub(crate) fn validate(specs: &[SaeSpec], opts: &TrainOptions) -> Result<()> {

@@ -232,7 +232,7 @@ pub(crate) fn b_enc_for(sae: &Sae, target_subtracts: bool) -> Vec<f32> {
 }
 
 /// `(rows, cols)` row-major `m` transposed to `(cols, rows)`.
-pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; m.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from common import load_csr_pair
+
 results = pathlib.Path(os.environ["CONCORD_BENCH_RESULTS"])
 out = results / "align-peers.jsonl"
 n = int(os.environ.get("CONCORD_BENCH_ALIGN_N", 16384))
@@ -120,24 +122,16 @@ def pearson_summary(a, b):
 
 def correlation():
     try:
-        import scipy.sparse as sp
+        import scipy.sparse  # noqa: F401 (the peer needs scipy)
     except ImportError:
         return
     tokens = int(os.environ.get("CONCORD_BENCH_CORR_TOKENS", 65536))
     nf = int(os.environ.get("CONCORD_BENCH_CORR_N", 4096))
     if tokens == 0 or nf == 0:
         return
-    mats = []
-    for name in ("corr_a", "corr_b"):
-        base = data / f"{name}_{tokens}x{nf}"
-        try:
-            indptr = np.fromfile(f"{base}_indptr.u64", dtype="<u8").astype(np.int64)
-            indices = np.fromfile(f"{base}_indices.u32", dtype="<u4").astype(np.int32)
-            values = np.fromfile(f"{base}_values.f32", dtype="<f4")
-        except FileNotFoundError:
-            print(f"peer: no correlation data for {tokens} x {nf} in {data}; run the Rust bench first")
-            return
-        mats.append(sp.csr_matrix((values, indices, indptr), shape=(tokens, nf)))
+    mats = load_csr_pair(data, tokens, nf, "peer")
+    if mats is None:
+        return
     a, b = mats
     case = f"{tokens} tokens, {nf} x {nf} features, L0 32"
     record(

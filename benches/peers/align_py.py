@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from common import load_csr_pair
+
 try:
     import concord_align as ca
 except ImportError as e:
@@ -117,23 +119,13 @@ def acceptance():
 
 
 def correlation():
-    import scipy.sparse as sp
-
     tokens = int(os.environ.get("CONCORD_BENCH_CORR_TOKENS", 65536))
     nf = int(os.environ.get("CONCORD_BENCH_CORR_N", 4096))
     if tokens == 0 or nf == 0:
         return
-    mats = []
-    for name in ("corr_a", "corr_b"):
-        base = data / f"{name}_{tokens}x{nf}"
-        try:
-            indptr = np.fromfile(f"{base}_indptr.u64", dtype="<u8").astype(np.int64)
-            indices = np.fromfile(f"{base}_indices.u32", dtype="<u4").astype(np.int32)
-            values = np.fromfile(f"{base}_values.f32", dtype="<f4")
-        except FileNotFoundError:
-            print(f"align_py: no correlation data for {tokens} x {nf} in {data}; run the Rust bench first")
-            return
-        mats.append(sp.csr_matrix((values, indices, indptr), shape=(tokens, nf)))
+    mats = load_csr_pair(data, tokens, nf, "align_py")
+    if mats is None:
+        return
     a, b = mats
     t, r = median_time(lambda: ca.correlate(a, b), 5)
     record(

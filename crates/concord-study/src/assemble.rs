@@ -33,6 +33,17 @@ pub struct Outputs {
     pub store_rows: BTreeMap<String, u64>,
 }
 
+impl Outputs {
+    /// The training tokens of SAE `i` after `at` steps: its folder's record, else the
+    /// plan's nominal count.
+    pub fn tokens_at(&self, plan: &Plan, i: usize, at: u64) -> u64 {
+        self.tokens
+            .get(&(i, at))
+            .copied()
+            .unwrap_or_else(|| plan.saes[i].tokens_at(&plan.study, at))
+    }
+}
+
 /// Reads the outputs of every step of `plan` under `run_dir`.
 pub fn load(plan: &Plan, run_dir: &Path) -> Result<Outputs> {
     let mut align = BTreeMap::new();
@@ -1805,21 +1816,13 @@ fn result_row(plan: &Plan, out: &Outputs, p: &Pair, al: &AlignOutput, at: u64) -
     // Pairs of SAEs of different run lengths (a halves grid's) are compared final
     // against final.
     let at_b = if at == a.steps { b.steps } else { at };
-    let tokens = |i: usize, s: &SaeRef, at: u64| {
-        Some(
-            out.tokens
-                .get(&(i, at))
-                .copied()
-                .unwrap_or_else(|| s.tokens_at(&plan.study, at)),
-        )
-    };
     ResultRow {
         question: p.question.name().to_owned(),
         comparison: format!("{} differs: {} vs {}", p.varies, a.label(), b.label()),
         a: format!("{}/{}", a.step, a.folder_at(at)),
         b: format!("{}/{}", b.step, b.folder_at(at_b)),
-        tokens_a: tokens(p.a, a, at),
-        tokens_b: tokens(p.b, b, at_b),
+        tokens_a: Some(out.tokens_at(plan, p.a, at)),
+        tokens_b: Some(out.tokens_at(plan, p.b, at_b)),
         metrics: m,
     }
 }
@@ -1849,11 +1852,7 @@ fn sae_rows(plan: &Plan, out: &Outputs) -> Vec<SaeRow> {
                 init_seed: s.init_seed,
                 data_seed: s.data_seed.arg(),
                 half: s.half.clone(),
-                training_tokens: out
-                    .tokens
-                    .get(&(i, at))
-                    .copied()
-                    .unwrap_or_else(|| s.tokens_at(&plan.study, at)),
+                training_tokens: out.tokens_at(plan, i, at),
                 fvu: e.fvu,
                 l0: e.l0,
                 dead_fraction: e.dead_fraction,

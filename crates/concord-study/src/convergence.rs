@@ -150,11 +150,7 @@ pub fn groups(plan: &Plan, out: &Outputs) -> Vec<Group> {
                     if mmcs.is_empty() {
                         return None;
                     }
-                    let tokens = out
-                        .tokens
-                        .get(&(first.a, at))
-                        .copied()
-                        .unwrap_or_else(|| plan.saes[first.a].tokens_at(&plan.study, at));
+                    let tokens = out.tokens_at(plan, first.a, at);
                     Some(Point {
                         tokens,
                         mmcs: Interval::of(&mmcs),

@@ -619,8 +619,6 @@ pub(crate) type Identity = (
 );
 
 pub(crate) fn training_identity(study: &Study, s: &SaeRef) -> Identity {
-    let g = study.grids.iter().find(|g| g.name == s.grid);
-    let tokens = g.and_then(|g| g.tokens).unwrap_or(study.train.tokens);
     (
         s.model.clone(),
         s.hook.clone(),
@@ -629,7 +627,7 @@ pub(crate) fn training_identity(study: &Study, s: &SaeRef) -> Identity {
         s.init_seed,
         s.data_seed,
         s.half.clone(),
-        tokens,
+        s.tokens(study),
     )
 }
 
